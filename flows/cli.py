@@ -1,0 +1,47 @@
+"""The `vistune` command line (typer). Each area registers its commands from its own module."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="vistune",
+    help="Visual instruction tuning, end to end: COCO -> LLM-generated LLaVA data -> training.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold the API key
+)
+coco_app = typer.Typer(help="COCO annotation files.", no_args_is_help=True)
+prompts_app = typer.Typer(help="Prompt templates for the three sample types.", no_args_is_help=True)
+app.add_typer(coco_app, name="coco")
+app.add_typer(prompts_app, name="prompts")
+
+# Modules that add commands to `app`; imported lazily so `import flows.cli` stays cheap.
+COMMAND_MODULES = (
+    "flows.cli_data",
+    "flows.cli_generate",
+    "flows.cli_curate",
+    "flows.cli_train",
+    "flows.cli_pipeline",
+)
+_registered = False
+
+
+def get_app() -> typer.Typer:
+    """The app with every command module registered (also for tests with CliRunner)."""
+    global _registered
+    if not _registered:
+        for name in COMMAND_MODULES:
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name != name:  # a missing dependency, not a missing command module
+                    raise
+        _registered = True
+    return app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    get_app()()

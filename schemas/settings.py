@@ -1,0 +1,42 @@
+"""Settings read from the environment, `.env` or `vistune.toml` (flags override them in the CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+class Settings(BaseSettings):
+    """Everything a run needs from its surroundings. Secrets are `SecretStr` so they never print."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", toml_file="vistune.toml")
+
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    db_path: Path = Field(
+        default=Path("data/vistune.duckdb"), validation_alias=AliasChoices("VISTUNE_DB", "db_path")
+    )
+    model: str = Field(default="gpt-4o", validation_alias=AliasChoices("VISTUNE_MODEL", "model"))
+    prefect_secret_block: str = Field(
+        default="openai-api-key",
+        validation_alias=AliasChoices("VISTUNE_SECRET_BLOCK", "prefect_secret_block"),
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # flags > env > .env > vistune.toml
+        return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings with explicit overrides (e.g. CLI flags) on top; `None` overrides are ignored."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,1 @@
+"""Units of work: plain functions (importable without Prefect) and thin Prefect task wrappers."""

@@ -1,0 +1,237 @@
+"""The DuckDB store: schema (derived from `schemas.tables`), migrations, connections, inserts.
+
+DuckDB allows one writing process at a time, and a read-only process cannot open the file
+while a writer holds it. So every writer here holds its connection only for one short
+transaction (`with write() as con:`), and readers (`read()`, `vistune sql`) retry briefly until
+the writer lets go. Long-running producers (generation) buffer in a journal, not in an open
+connection. See README "Inspect the dataset with SQL".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import types
+import typing
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from schemas.settings import get_settings
+from schemas.tables import ALL_TABLES, TableRow
+
+# Bump when a migration below is added; `schema_version` records what a file has seen.
+SCHEMA_VERSION = 1
+
+# Non-additive changes go here as (version, sql). Additive column changes need no entry:
+# `migrate` adds any column a row model has and the table lacks.
+MIGRATIONS: list[tuple[int, str]] = []
+
+DATASET_VIEW = """
+CREATE OR REPLACE VIEW dataset AS
+SELECT s.* FROM samples s
+WHERE NOT EXISTS (SELECT 1 FROM duplicates d WHERE d.sample_id = s.sample_id)
+"""
+
+_LOCK_MARKERS = ("could not set lock", "conflicting lock", "database is locked", "lock on file")
+_migrated: set[str] = set()
+_migrate_guard = threading.Lock()
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: DuckDB `TIMESTAMP` columns hold UTC without a zone."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def stable_hash(*parts: Any, length: int = 32) -> str:
+    """A content hash of JSON-serialisable parts, stable across processes and runs."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def resolve_db(path: str | Path | None = None) -> Path:
+    """The database file: the argument, else `VISTUNE_DB`, else `data/vistune.duckdb`."""
+    return Path(path) if path is not None else get_settings().db_path
+
+
+# ---------------------------------------------------------------- schema from the row models
+def _sql_type(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _sql_type(args[0])
+    if annotation is str:
+        return "VARCHAR"
+    if annotation is bool:
+        return "BOOLEAN"
+    if annotation is int:
+        return "BIGINT"
+    if annotation is float:
+        return "DOUBLE"
+    if annotation is datetime:
+        return "TIMESTAMP"
+    if origin in (dict, list) or annotation in (dict, list):
+        return "JSON"
+    raise TypeError(f"no DuckDB type for annotation {annotation!r}")
+
+
+def columns(model: type[TableRow]) -> dict[str, str]:
+    """Column name -> DuckDB type for a row model, in field order."""
+    return {name: _sql_type(field.annotation) for name, field in model.model_fields.items()}
+
+
+def create_table_sql(model: type[TableRow]) -> str:
+    """`CREATE TABLE IF NOT EXISTS` for a row model, with its primary key."""
+    cols = [f"{name} {sql_type}" for name, sql_type in columns(model).items()]
+    if model.primary_key:
+        cols.append(f"PRIMARY KEY ({', '.join(model.primary_key)})")
+    return f"CREATE TABLE IF NOT EXISTS {model.table} (\n  " + ",\n  ".join(cols) + "\n)"
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring a database to the current schema. Idempotent: safe on every open."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)")
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+    for model in ALL_TABLES:
+        con.execute(create_table_sql(model))
+        existing = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [model.table]
+        ).fetchall()}
+        for name, sql_type in columns(model).items():
+            if name not in existing:
+                con.execute(f"ALTER TABLE {model.table} ADD COLUMN {name} {sql_type}")
+    for version, sql in MIGRATIONS:
+        if version > current:
+            con.execute(sql)
+    con.execute(DATASET_VIEW)
+    if current < SCHEMA_VERSION:
+        con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, utcnow()])
+
+
+# ---------------------------------------------------------------- connections
+def _is_lock_error(exc: Exception) -> bool:
+    return any(marker in str(exc).lower() for marker in _LOCK_MARKERS)
+
+
+def connect(
+    path: str | Path | None = None, *, read_only: bool = False, timeout_s: float = 30.0
+) -> duckdb.DuckDBPyConnection:
+    """Open the database, waiting up to `timeout_s` while another process holds the write lock."""
+    db = resolve_db(path)
+    if read_only and not db.exists():
+        raise FileNotFoundError(f"no vistune database at {db}: run `vistune ingest` (or set VISTUNE_DB)")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            return duckdb.connect(str(db), read_only=read_only)
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+@contextmanager
+def write(path: str | Path | None = None, *, timeout_s: float = 300.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short write transaction: committed on success, rolled back on error, connection closed."""
+    db = resolve_db(path)
+    con = connect(db, timeout_s=timeout_s)
+    try:
+        key = str(db.resolve())
+        if key not in _migrated:
+            with _migrate_guard:
+                migrate(con)
+                _migrated.add(key)
+        con.execute("BEGIN")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        con.close()
+
+
+@contextmanager
+def read(path: str | Path | None = None, *, timeout_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection that never blocks a writer for longer than the caller's queries."""
+    con = connect(path, read_only=True, timeout_s=timeout_s)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def ensure_schema(path: str | Path | None = None) -> Path:
+    """Create or migrate the database file; returns its path."""
+    with write(path):
+        pass
+    return resolve_db(path)
+
+
+def query(sql: str, params: Sequence[Any] | None = None, path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Run a read-only query and return rows as dicts."""
+    with read(path) as con:
+        cur = con.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+# ---------------------------------------------------------------- inserts
+def _cell(value: Any, sql_type: str) -> Any:
+    if value is None:
+        return None
+    if sql_type == "JSON":
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def insert_rows(
+    con: duckdb.DuckDBPyConnection,
+    model: type[TableRow],
+    rows: Iterable[TableRow | dict[str, Any]],
+    *,
+    on_conflict: str = "ignore",
+) -> int:
+    """Insert rows of one table in a single statement; returns how many rows were new.
+
+    `on_conflict`: "ignore" keeps the existing row (idempotent re-runs), "replace" overwrites
+    it, "error" raises on a duplicate primary key.
+    """
+    cols = columns(model)
+    records = [r.model_dump() if isinstance(r, TableRow) else model.model_validate(r).model_dump() for r in rows]
+    if not records:
+        return 0
+    arrays = {
+        name: [_cell(rec[name], sql_type) for rec in records] for name, sql_type in cols.items()
+    }
+    schema_types = {"VARCHAR": pa.string(), "JSON": pa.string(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
+                    "BOOLEAN": pa.bool_(), "TIMESTAMP": pa.timestamp("us")}
+    table = pa.table({name: pa.array(arrays[name], type=schema_types[t]) for name, t in cols.items()})
+    verb = {"ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE", "error": "INSERT"}[on_conflict]
+    before = con.execute(f"SELECT count(*) FROM {model.table}").fetchall()[0][0]
+    con.register("_vistune_rows", table)
+    try:
+        con.execute(f"{verb} INTO {model.table} BY NAME SELECT * FROM _vistune_rows")
+    finally:
+        con.unregister("_vistune_rows")
+    return con.execute(f"SELECT count(*) FROM {model.table}").fetchall()[0][0] - before
+
+
+def table_counts(path: str | Path | None = None) -> dict[str, int]:
+    """Row count of every table and of the `dataset` view."""
+    with read(path) as con:
+        names = [m.table for m in ALL_TABLES] + ["dataset"]
+        return {n: con.execute(f"SELECT count(*) FROM {n}").fetchall()[0][0] for n in names}

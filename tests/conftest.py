@@ -1,0 +1,36 @@
+"""Shared fixtures. Area-specific fixtures live in their own test modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COCO_MINI = REPO.parent / "shared" / "coco-mini"
+SAMPLE_COCO = REPO / "tasks" / "sample_coco"
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh database file, also exported as VISTUNE_DB for code that reads settings."""
+    path = tmp_path / "vistune.duckdb"
+    monkeypatch.setenv("VISTUNE_DB", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    """The real COCO 2017 subset beside the repo; skips (with the reason) in a clone without it."""
+    if not (COCO_MINI / "annotations" / "captions_train2017.json").exists():
+        pytest.skip(f"../shared/coco-mini not found at {COCO_MINI} (CI always has it)")
+    return COCO_MINI
+
+
+@pytest.fixture(scope="session")
+def sample_coco() -> Path:
+    """The tiny COCO-format sample the repo ships (synthetic images, hand-written annotations)."""
+    return SAMPLE_COCO
