@@ -20,6 +20,8 @@ app.add_typer(prompts_app, name="prompts")
 # Modules that add commands to `app`; imported lazily so `import flows.cli` stays cheap.
 COMMAND_MODULES = (
     "flows.cli_data",
+    "flows.cli_prompts",
+    "flows.cli_download",
     "flows.cli_generate",
     "flows.cli_curate",
     "flows.cli_train",
