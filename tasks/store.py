@@ -9,6 +9,7 @@ connection. See README "Inspect the dataset with SQL".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -179,7 +180,9 @@ def ensure_schema(path: str | Path | None = None) -> Path:
     return resolve_db(path)
 
 
-def query(sql: str, params: Sequence[Any] | None = None, path: str | Path | None = None) -> list[dict[str, Any]]:
+def query(
+    sql: str, params: Sequence[Any] | None = None, path: str | Path | None = None
+) -> list[dict[str, Any]]:
     """Run a read-only query and return rows as dicts."""
     with read(path) as con:
         cur = con.execute(sql, params or [])
@@ -211,7 +214,7 @@ def insert_rows(
     it, "error" raises on a duplicate primary key.
     """
     cols = columns(model)
-    records = [r.model_dump() if isinstance(r, TableRow) else model.model_validate(r).model_dump() for r in rows]
+    records = [(r if isinstance(r, TableRow) else model.model_validate(r)).model_dump() for r in rows]
     if not records:
         return 0
     arrays = {
@@ -226,7 +229,8 @@ def insert_rows(
     try:
         con.execute(f"{verb} INTO {model.table} BY NAME SELECT * FROM _vistune_rows")
     finally:
-        con.unregister("_vistune_rows")
+        with contextlib.suppress(duckdb.Error):  # an aborted transaction refuses it; close() cleans up
+            con.unregister("_vistune_rows")
     return con.execute(f"SELECT count(*) FROM {model.table}").fetchall()[0][0] - before
 
 

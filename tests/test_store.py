@@ -1,0 +1,125 @@
+"""The DuckDB store: schema from the row models, migrations, inserts, readers beside a writer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from schemas.tables import ALL_TABLES, DuplicateRow, ImageRow, SampleRow
+from tasks import store
+
+
+def _image(image_id: int, file_name: str = "a.jpg") -> ImageRow:
+    return ImageRow(image_id=image_id, split="train2017", file_name=file_name, width=4, height=3, coco_root="/c")
+
+
+def test_every_table_has_exactly_the_row_model_columns(db_path: Path) -> None:
+    store.ensure_schema(db_path)
+    with store.read(db_path) as con:
+        for model in ALL_TABLES:
+            cols = con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [model.table]).fetchall()
+            assert [c[0] for c in cols] == list(model.model_fields), model.table
+        views = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+    assert ("dataset",) in views
+
+
+def test_default_path_comes_from_vistune_db(db_path: Path) -> None:
+    assert store.resolve_db() == db_path
+    store.ensure_schema()
+    assert db_path.exists()
+
+
+def test_migrate_is_idempotent_and_adds_missing_columns(db_path: Path) -> None:
+    con = duckdb.connect(str(db_path))
+    con.execute("CREATE TABLE images (image_id BIGINT PRIMARY KEY, split VARCHAR)")  # an older, narrower table
+    con.execute("INSERT INTO images VALUES (1, 'val2014')")
+    store.migrate(con)
+    store.migrate(con)
+    cols = [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'images'").fetchall()]
+    assert cols == list(ImageRow.model_fields)
+    assert con.execute("SELECT image_id, split FROM images").fetchall() == [(1, "val2014")]
+    assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(1,)]
+    con.close()
+
+
+def test_insert_conflict_modes(db_path: Path) -> None:
+    with store.write(db_path) as con:
+        assert store.insert_rows(con, ImageRow, [_image(1), _image(2)]) == 2
+        assert store.insert_rows(con, ImageRow, [_image(1, "changed.jpg"), _image(3)]) == 1
+    assert store.query("SELECT file_name FROM images WHERE image_id = 1", path=db_path) == [{"file_name": "a.jpg"}]
+    with store.write(db_path) as con:
+        store.insert_rows(con, ImageRow, [_image(1, "changed.jpg")], on_conflict="replace")
+    assert store.query("SELECT file_name FROM images WHERE image_id = 1", path=db_path) == [
+        {"file_name": "changed.jpg"}]
+    with pytest.raises(duckdb.ConstraintException), store.write(db_path) as con:
+        store.insert_rows(con, ImageRow, [_image(9), _image(1)], on_conflict="error")
+    # the failed transaction rolled back as a whole: image 9 is not there
+    assert store.query("SELECT count(*) n FROM images", path=db_path) == [{"n": 3}]
+
+
+def test_json_columns_round_trip_and_dataset_view_drops_duplicates(db_path: Path) -> None:
+    now = store.utcnow()
+
+    def sample(sample_id: str) -> SampleRow:
+        return SampleRow(sample_id=sample_id, request_id="r", response_id=f"resp-{sample_id}", image_id=1,
+                         sample_type="detail_description", prompt_version="v", model="m",
+                         data={"description": f"text {sample_id}"}, text=f"text {sample_id}", created_at=now)
+
+    with store.write(db_path) as con:
+        store.insert_rows(con, SampleRow, [sample("a"), sample("b")])
+        store.insert_rows(con, DuplicateRow, [DuplicateRow(sample_id="b", duplicate_of="a", method="exact",
+                                                           similarity=1.0, scope="image", created_at=now)])
+    rows = store.query("SELECT sample_id, data->>'description' AS d FROM dataset", path=db_path)
+    assert rows == [{"sample_id": "a", "d": "text a"}]
+
+
+def test_read_only_connection_refuses_writes(db_path: Path) -> None:
+    store.ensure_schema(db_path)
+    with store.read(db_path) as con, pytest.raises(duckdb.Error, match="read-only"):
+        con.execute("DELETE FROM images")
+
+
+def test_missing_database_has_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="vistune ingest"):
+        store.query("SELECT 1", path=tmp_path / "nope.duckdb")
+
+
+def test_readers_get_in_between_short_writes_of_another_process(db_path: Path) -> None:
+    store.ensure_schema(db_path)
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from schemas.tables import ImageRow
+        from tasks import store
+        end = time.monotonic() + 4
+        i = 0
+        while time.monotonic() < end:
+            with store.write({str(db_path)!r}) as con:
+                store.insert_rows(con, ImageRow, [ImageRow(image_id=i, split="s", file_name="f", width=1,
+                                                           height=1, coco_root="/")])
+            i += 1
+            time.sleep(0.02)
+        print(i)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        waits = []
+        for _ in range(10):
+            started = time.monotonic()
+            n = store.query("SELECT count(*) n FROM images", path=db_path)[0]["n"]
+            waits.append(time.monotonic() - started)
+            assert n >= 0
+        out, _ = writer.communicate(timeout=30)
+    finally:
+        writer.kill()
+    assert writer.returncode == 0
+    assert int(out) > 20  # the writer kept writing while we read
+    assert max(waits) < 5.0
