@@ -41,6 +41,10 @@ SELECT s.* FROM samples s
 WHERE NOT EXISTS (SELECT 1 FROM duplicates d WHERE d.sample_id = s.sample_id)
 """
 
+# Files are written in a format that DuckDB 1.5 (the current `duckdb` CLI on PyPI) can still read,
+# so users can inspect the store with the CLI as well as from Python.
+STORAGE_COMPATIBILITY = "v1.5.0"
+
 _LOCK_MARKERS = ("could not set lock", "conflicting lock", "database is locked", "lock on file")
 _migrated: set[str] = set()
 _migrate_guard = threading.Lock()
@@ -133,7 +137,9 @@ def connect(
     delay = 0.005
     while True:
         try:
-            return duckdb.connect(str(db), read_only=read_only)
+            if read_only:
+                return duckdb.connect(str(db), read_only=True)
+            return duckdb.connect(str(db), config={"storage_compatibility_version": STORAGE_COMPATIBILITY})
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _is_lock_error(exc) or time.monotonic() > deadline:
                 raise

@@ -93,6 +93,27 @@ def test_missing_database_has_a_clear_error(tmp_path: Path) -> None:
         store.query("SELECT 1", path=tmp_path / "nope.duckdb")
 
 
+def _duckdb_cli_read(db_path: Path, sql: str) -> subprocess.CompletedProcess[str]:
+    """Run the `duckdb` CLI read-only, retrying while a writer holds the lock, as a user would."""
+    cli = Path(sys.executable).parent / "duckdb"
+    assert cli.exists(), "the duckdb CLI comes with the dev extra: pip install -e '.[dev]'"
+    deadline = time.monotonic() + 5
+    while True:
+        result = subprocess.run([str(cli), "-readonly", str(db_path), "-csv", sql], capture_output=True, text=True)
+        if result.returncode == 0 or "lock" not in result.stderr.lower() or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
+def test_duckdb_cli_reads_the_store(db_path: Path, sample_coco: Path) -> None:
+    from tasks.coco import ingest
+
+    ingest(sample_coco, "train2017", db_path)
+    result = _duckdb_cli_read(db_path, "SELECT count(*) AS n FROM captions")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["n", "20"]
+
+
 def test_readers_get_in_between_short_writes_of_another_process(db_path: Path) -> None:
     store.ensure_schema(db_path)
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -117,6 +138,11 @@ def test_readers_get_in_between_short_writes_of_another_process(db_path: Path) -
             n = store.query("SELECT count(*) n FROM images", path=db_path)[0]["n"]
             waits.append(time.monotonic() - started)
             assert n >= 0
+        # the duckdb CLI (dev extra) in read-only mode, as the README shows it
+        started = time.monotonic()
+        cli = _duckdb_cli_read(db_path, "SELECT count(*) FROM images")
+        waits.append(time.monotonic() - started)
+        assert cli.returncode == 0, cli.stderr
         out, _ = writer.communicate(timeout=30)
     finally:
         writer.kill()
