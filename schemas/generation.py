@@ -1,0 +1,76 @@
+"""Configuration and results of a generation run, and the one list of response statuses.
+
+Every attempt at a request is one `responses` row whose `status` is one of `RESPONSE_STATUSES`.
+A request is *done* when it has an `ok` row; otherwise its latest row says why it is not.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+# status -> what it means. `retry` says whether the engine tries the request again (up to
+# `max_attempts`); a status that is not retried is the request's final failure for this run.
+RESPONSE_STATUSES: dict[str, tuple[str, bool]] = {
+    "ok": ("HTTP 200 whose content parses into the sample type's output model", False),
+    "rate_limited": ("HTTP 429; everybody pauses for Retry-After, then the request is retried", True),
+    "server_error": ("HTTP 5xx", True),
+    "timeout": ("no answer within the client timeout", True),
+    "connection_error": ("the connection failed or dropped", True),
+    "bad_output": ("HTTP 200 but the body or content does not parse (bad JSON, schema failure)", True),
+    "truncated": ("finish_reason 'length': the answer hit max_tokens", True),
+    "content_filter": ("finish_reason 'content_filter'", True),
+    "refusal": ("the model refused (message.refusal set)", True),
+    "client_error": ("another HTTP 4xx (bad request, auth, not found): fix the request or key", False),
+    "budget_exceeded": ("not sent: --max-cost-usd was reached before this attempt", False),
+}
+RETRYABLE_STATUSES = frozenset(s for s, (_, retry) in RESPONSE_STATUSES.items() if retry)
+
+
+class GenerateConfig(BaseModel):
+    """Everything `vistune generate` needs; flags > env > settings file fill it (see the CLI)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "gpt-4o"
+    base_url: str | None = None  # None: the openai client's default (api.openai.com)
+    api_key: SecretStr | None = None
+    format: Literal["structured", "llava-text"] = "structured"
+    mode: Literal["online", "batch"] = "online"
+    concurrency: int = Field(default=64, ge=1)
+    rpm: float | None = Field(default=None, gt=0)  # None: learn from x-ratelimit-* headers
+    tpm: float | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    timeout: float = Field(default=120.0, gt=0)  # seconds per HTTP attempt
+    max_attempts: int = Field(default=5, ge=1)
+    temperature: float = 0.2
+    max_tokens: int = Field(default=2048, ge=1)
+    types: list[str] = Field(default_factory=lambda: ["conversation", "detail_description", "complex_reasoning"])
+    limit: int | None = Field(default=None, ge=1)  # number of images; None = all
+    backoff_base_s: float = Field(default=1.0, gt=0)  # first retry waits up to this (full jitter)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    flush_interval_s: float = Field(default=1.0, gt=0)  # journal -> DuckDB cadence
+    batch_poll_s: float = Field(default=30.0, gt=0)
+
+
+class GenerateStats(BaseModel):
+    """Counts of one run (also what `on_progress` receives, as a snapshot)."""
+
+    requests: int = 0  # requests this run was asked to finish
+    already_ok: int = 0  # skipped: a good response was stored before
+    done: int = 0  # got an ok response in this run
+    failed: int = 0  # ended this run without an ok response
+    attempts: int = 0  # HTTP calls made (retries included)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    wall_s: float = 0.0
+    attempts_by_status: dict[str, int] = Field(default_factory=dict)
+    final_by_status: dict[str, int] = Field(default_factory=dict)  # last status of each request
+
+    @property
+    def tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens

@@ -1,0 +1,141 @@
+"""A per-process append-only journal of response rows, flushed into DuckDB in short batches.
+
+Why: DuckDB admits one writing process and locks readers out while it writes. Holding a write
+connection for a whole run would shut out `vistune sql` and other workers; committing every
+attempt would spend the run in lock waits. So each attempt is appended to a JSONL file and
+flushed to the OS at once (a SIGKILL then loses only calls still in flight), and the rows move
+into `responses` every second or so in one short `store.write()` transaction.
+
+Layout, under `<db>.journal/`: `<owner>.lock` is held (flock) by the live process for its whole
+life; its rows go to `<owner>.<seq>.jsonl` segments. A flush closes the current segment, starts
+the next, inserts the closed one and deletes it. A crashed process leaves its lock unheld and
+its segments behind; `replay_orphans` inserts them (idempotent by `response_id`) and deletes them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from schemas.tables import ResponseRow
+from tasks import store
+
+# One lock for this process's DuckDB connections: two connections to one file in one process
+# must not overlap with different configurations, and flushes must not interleave.
+DB_LOCK = threading.Lock()
+
+
+def journal_dir(db_path: str | Path) -> Path:
+    """The folder beside the database that holds the journals."""
+    db = Path(db_path)
+    return db.with_name(db.name + ".journal")
+
+
+class Journal:
+    """Append response rows durably; move them to DuckDB with `flush()`."""
+
+    def __init__(self, db_path: str | Path) -> None:
+        self.db_path = Path(db_path)
+        self.dir = journal_dir(self.db_path)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._lock_file = open(self.dir / f"{self.owner}.lock", "w")  # noqa: SIM115 - held for the object's life
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._seq = 0
+        self._mutex = threading.Lock()  # append (event loop) vs rotate (flush thread)
+        self._segment = self._open_segment()
+        self._pending = 0
+        self._unloaded: list[Path] = []  # closed segments not yet in DuckDB
+        self._flush_lock = threading.Lock()
+        self.flushed = 0
+
+    def _open_segment(self):
+        self._seq += 1
+        return open(self.dir / f"{self.owner}.{self._seq:06d}.jsonl", "a", encoding="utf-8")
+
+    @property
+    def pending(self) -> int:
+        """Rows appended but not yet in DuckDB."""
+        return self._pending
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one response row (a `ResponseRow` dump) and hand it to the OS before returning."""
+        line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
+        with self._mutex:
+            self._segment.write(line)
+            self._segment.flush()
+            self._pending += 1
+
+    def flush(self) -> int:
+        """Move every appended row into DuckDB; returns how many rows were new. Thread-safe."""
+        with self._flush_lock:
+            with self._mutex:
+                if self._pending:
+                    closed = self._segment
+                    self._segment = self._open_segment()
+                    closed.close()
+                    self._unloaded.append(Path(closed.name))
+                    self.flushed += self._pending
+                    self._pending = 0
+                paths = list(self._unloaded)
+            if not paths:
+                return 0
+            new = load_segments(paths, self.db_path)  # on error the segments stay and are retried
+            self._unloaded = [p for p in self._unloaded if p not in paths]
+            return new
+
+    def close(self) -> None:
+        """Flush what is left, then release the lock and remove this process's files."""
+        self.flush()
+        self._segment.close()
+        Path(self._segment.name).unlink(missing_ok=True)
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
+        Path(self._lock_file.name).unlink(missing_ok=True)
+
+
+def read_segment(path: Path) -> list[dict[str, Any]]:
+    """The complete rows of a segment; a torn last line (killed mid-write) is skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            rows.append(json.loads(line))
+    return rows
+
+
+def load_segments(paths: list[Path], db_path: str | Path) -> int:
+    """Insert the rows of the segments into `responses` in one transaction, then delete them."""
+    rows = [row for p in paths if p.exists() for row in read_segment(p)]
+    new = 0
+    if rows:
+        with DB_LOCK, store.write(db_path) as con:
+            new = store.insert_rows(con, ResponseRow, rows, on_conflict="ignore")
+    for p in paths:
+        p.unlink(missing_ok=True)
+    return new
+
+
+def replay_orphans(db_path: str | Path) -> int:
+    """Load the journals of processes that died before flushing; returns the rows recovered."""
+    folder = journal_dir(db_path)
+    if not folder.exists():
+        return 0
+    recovered = 0
+    for lock_path in sorted(folder.glob("*.lock")):
+        owner = lock_path.stem
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process is alive and will flush its own rows
+            segments = sorted(folder.glob(f"{owner}.*.jsonl"))
+            recovered += load_segments(segments, db_path)
+            lock_path.unlink(missing_ok=True)
+    return recovered

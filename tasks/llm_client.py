@@ -1,0 +1,169 @@
+"""One HTTP attempt at a chat completion, classified into a `responses` row.
+
+The client is `openai.AsyncOpenAI` against any OpenAI-compatible `base_url` (OpenAI, Azure's
+v1 endpoint, vLLM, Ollama, the test simulator) with `max_retries=0`: retries, backoff and rate
+limits are ours (`tasks/generate.py`, `tasks/ratelimit.py`) so every attempt is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from openai.types.chat import ChatCompletion
+
+from tasks.formats import OutputFormatError, parse
+from tasks.ratelimit import retry_after_s
+
+_KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{8,}")
+MAX_ERROR_CHARS = 2000
+REQUEST_ID_HEADER = "X-Vistune-Request-Id"
+MAX_BAD_BODY_CHARS = 20000
+
+
+def make_client(*, base_url: str | None, api_key: str | None, timeout: float) -> openai.AsyncOpenAI:
+    """An AsyncOpenAI with our timeout and no built-in retries (the SDK's pool allows 1,000 connections)."""
+    return openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key=api_key or "not-needed",  # local servers accept any key; the SDK insists on one
+        max_retries=0,
+        timeout=timeout,
+    )
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove the API key (and anything shaped like an OpenAI key) from a message."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return _KEY_PATTERN.sub("sk-[redacted]", text)
+
+
+def api_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The request's stored params minus our own bookkeeping keys (not sent to the API)."""
+    return {k: v for k, v in params.items() if k != "output_format"}
+
+
+@dataclass
+class Attempt:
+    """The outcome of one HTTP attempt, before it becomes a `ResponseRow`."""
+
+    status: str
+    http_status: int | None = None
+    content: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+    retry_after_s: float | None = None  # set for 429
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def attempt(
+    client: openai.AsyncOpenAI,
+    *,
+    model: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    sample_type: str,
+    output_format: str,
+    api_key: str | None = None,
+    request_id: str | None = None,
+) -> Attempt:
+    """Send one chat completion and classify what came back (never raises for API trouble).
+
+    `request_id` travels as the `X-Vistune-Request-Id` header (providers ignore it; the simulator
+    logs it, so tests can tell which request each served call was).
+    """
+    start = time.perf_counter()
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    try:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=model, messages=messages, extra_headers=headers, **api_params(params)
+        )
+    except openai.APITimeoutError:
+        return Attempt("timeout", latency_s=time.perf_counter() - start, error="no response within the timeout")
+    except openai.APIConnectionError as exc:
+        return Attempt("connection_error", latency_s=time.perf_counter() - start,
+                       error=_error_text(exc, api_key))
+    except openai.APIStatusError as exc:
+        return _status_error(exc, time.perf_counter() - start, api_key)
+    latency = time.perf_counter() - start
+    headers = dict(raw.headers)
+    try:
+        completion = raw.parse()
+        completion.choices[0]  # an empty choices list is a bad body too
+    except Exception as exc:  # a 200 whose body is not a chat completion: keep the body
+        return Attempt("bad_output", http_status=raw.status_code, content=raw.text[:MAX_BAD_BODY_CHARS],
+                       latency_s=latency, headers=headers,
+                       error=redact(f"response body is not a chat completion: {exc}", api_key)[:MAX_ERROR_CHARS])
+    result = classify(completion, sample_type, output_format)
+    result.http_status, result.latency_s, result.headers = raw.status_code, latency, headers
+    return result
+
+
+def classify(completion: ChatCompletion, sample_type: str, output_format: str) -> Attempt:
+    """Status, content and usage of a chat completion (online or from a batch output file)."""
+    choice = completion.choices[0]
+    usage = completion.usage
+    details = getattr(usage, "prompt_tokens_details", None) if usage else None
+    result = Attempt(
+        "ok",
+        http_status=200,
+        content=choice.message.content,
+        finish_reason=choice.finish_reason,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        cached_tokens=(getattr(details, "cached_tokens", 0) or 0) if details else 0,
+    )
+    refusal = getattr(choice.message, "refusal", None)
+    if refusal:
+        result.status, result.error = "refusal", f"model refused: {refusal[:500]}"
+    elif choice.finish_reason == "length":
+        result.status, result.error = "truncated", "finish_reason=length: raise max_tokens or shorten the prompt"
+    elif choice.finish_reason == "content_filter":
+        result.status, result.error = "content_filter", "finish_reason=content_filter"
+    else:
+        try:
+            parse(sample_type, output_format, result.content)
+        except OutputFormatError as exc:
+            result.status, result.error = "bad_output", str(exc)[:MAX_ERROR_CHARS]
+        except Exception as exc:  # a parser bug must not lose a paid response
+            result.status, result.error = "bad_output", f"parser failed: {exc!r}"[:MAX_ERROR_CHARS]
+    return result
+
+
+def status_for_http(code: int) -> str:
+    """The response status of a non-200 HTTP code."""
+    if code == 429:
+        return "rate_limited"
+    if code >= 500:
+        return "server_error"
+    if code == 408:
+        return "timeout"
+    return "client_error"
+
+
+def _status_error(exc: openai.APIStatusError, latency: float, api_key: str | None) -> Attempt:
+    code = exc.status_code
+    headers = dict(exc.response.headers) if exc.response is not None else {}
+    status = status_for_http(code)
+    return Attempt(
+        status,
+        http_status=code,
+        latency_s=latency,
+        error=_error_text(exc, api_key),
+        retry_after_s=retry_after_s(headers) if code == 429 else None,
+        headers=headers,
+    )
+
+
+def _error_text(exc: Exception, api_key: str | None) -> str:
+    body = getattr(exc, "body", None)
+    detail = json.dumps(body, default=str)[:500] if body else ""
+    return redact(f"{type(exc).__name__}: {exc} {detail}".strip(), api_key)[:MAX_ERROR_CHARS]

@@ -1,0 +1,147 @@
+"""Plan: which (image, sample type, prompt version, model) still lack a good sample -> `requests` rows.
+
+A request's id hashes the model, the messages and the API params, so planning is idempotent:
+re-planning the same images writes nothing new, a prompt edit (new `prompt_version`) or another
+model plans again, and a request that already has an `ok` response is never planned again.
+Images are processed in chunks so memory stays flat however many images there are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.samples import sample_type
+from schemas.tables import RequestRow
+from tasks import store
+from tasks.formats import check_format, json_schema
+from tasks.journal import DB_LOCK
+
+IMAGE_CHUNK = 2000
+
+
+@dataclass
+class PlanResult:
+    """The outcome of planning: the requests still to send and what they would cost in tokens."""
+
+    request_ids: list[str] = field(default_factory=list)  # pending: planned now or earlier, no ok response yet
+    images: int = 0
+    planned_new: int = 0  # rows inserted by this call
+    already_ok: int = 0  # (image, type, prompt_version, model) that already have a good sample
+    est_input_tokens: int = 0  # of the pending requests
+    max_output_tokens: int = 0  # of the pending requests (max_tokens each)
+    by_type: dict[str, int] = field(default_factory=dict)  # pending requests per sample type
+
+    @property
+    def pending(self) -> int:
+        """How many requests still need a good response."""
+        return len(self.request_ids)
+
+
+def request_params(
+    type_name: str, output_format: str, *, temperature: float, max_tokens: int
+) -> dict[str, Any]:
+    """The API params of a request (plus `output_format`, ours), part of its id."""
+    params: dict[str, Any] = {"output_format": output_format, "temperature": temperature, "max_tokens": max_tokens}
+    if output_format == "structured":
+        params["response_format"] = {"type": "json_schema", "json_schema": json_schema(type_name)}
+    return params
+
+
+def shard(ids: Sequence[str], size: int) -> list[list[str]]:
+    """Split request ids into consecutive shards of at most `size` (for one worker or task each)."""
+    if size < 1:
+        raise ValueError(f"shard size must be >= 1, got {size}")
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _count(messages: list[dict[str, Any]], model: str) -> int:
+    from tasks.tokens import count_message_tokens
+
+    return count_message_tokens(messages, model)
+
+
+def plan_requests(
+    db_path: str | Path | None = None,
+    *,
+    sample_types: Sequence[str],
+    model: str,
+    output_format: str = "structured",
+    limit_images: int | None = None,
+    image_ids: Sequence[int] | None = None,
+    temperature: float = 0.2,
+    max_tokens: int = 2048,
+    run_id: str | None = None,
+    dry_run: bool = False,
+) -> PlanResult:
+    """Create the missing `requests` rows and return every pending request id (in image order).
+
+    `limit_images` takes the first N images by id (or of `image_ids`). `dry_run` computes the
+    same result without writing (for `vistune estimate`).
+    """
+    from tasks.prompts import build_messages, load_contexts
+
+    check_format(output_format)
+    types = [sample_type(t).name for t in sample_types]
+    db = store.resolve_db(db_path)
+    if not dry_run:
+        store.ensure_schema(db)
+    with DB_LOCK, store.read(db) as con:
+        ids = [r[0] for r in con.execute("SELECT image_id FROM images ORDER BY image_id").fetchall()]
+        if image_ids is not None:
+            wanted = set(map(int, image_ids))
+            ids = [i for i in ids if i in wanted]
+        if limit_images is not None:
+            ids = ids[:limit_images]
+        # (image, type, prompt_version) already holding a good response for this model
+        good = {
+            (r[0], r[1], r[2])
+            for r in con.execute(
+                "SELECT DISTINCT q.image_id, q.sample_type, q.prompt_version FROM requests q "
+                "JOIN responses r ON r.request_id = q.request_id AND r.status = 'ok' WHERE q.model = ?",
+                [model],
+            ).fetchall()
+        }
+    result = PlanResult(images=len(ids))
+    params = {t: request_params(t, output_format, temperature=temperature, max_tokens=max_tokens) for t in types}
+    now = store.utcnow()
+    prefix_tokens: dict[tuple[str, str], int] = {}  # every request of a type shares the prompt prefix
+    for chunk in _chunks(ids, IMAGE_CHUNK):
+        with DB_LOCK, store.read(db) as con:
+            contexts = load_contexts(con, list(chunk))
+        rows: list[RequestRow] = []
+        for image_id in chunk:
+            ctx = contexts.get(image_id)
+            if ctx is None:
+                continue
+            for t in types:
+                messages, version = build_messages(ctx, t, output_format)
+                if (image_id, t, version) in good:
+                    result.already_ok += 1
+                    continue
+                if (t, version) not in prefix_tokens:
+                    prefix_tokens[(t, version)] = _count(messages[:-1], model)
+                # prefix + the image's message; the -3 drops the reply priming counted twice
+                tokens = prefix_tokens[(t, version)] + _count(messages[-1:], model) - 3
+                rows.append(RequestRow(
+                    request_id=store.stable_hash(model, messages, params[t]),
+                    image_id=image_id, sample_type=t, prompt_version=version, model=model,
+                    output_format=output_format, messages=messages, params=params[t],
+                    est_input_tokens=tokens, created_at=now, run_id=run_id,
+                ))
+        if rows and not dry_run:
+            with DB_LOCK, store.write(db) as con:
+                result.planned_new += store.insert_rows(con, RequestRow, rows, on_conflict="ignore")
+        for row in rows:
+            result.request_ids.append(row.request_id)
+            result.est_input_tokens += row.est_input_tokens
+            result.max_output_tokens += max_tokens
+            result.by_type[row.sample_type] = result.by_type.get(row.sample_type, 0) + 1
+    return result
