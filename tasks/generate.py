@@ -18,6 +18,7 @@ attempt (not an exception) decide whether to retry.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,7 +80,9 @@ def _load_pending(db_path: Path, ids: Sequence[str]) -> list[tuple[Any, ...]]:
             [list(ids)],
         ).fetchall()
     order = {rid: i for i, rid in enumerate(ids)}
-    return sorted(rows, key=lambda r: order[r[0]])
+    # JSON columns arrive as text
+    return [(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6])
+            for r in sorted(rows, key=lambda r: order[r[0]])]
 
 
 class _Engine:

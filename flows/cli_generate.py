@@ -1,0 +1,149 @@
+"""`vistune estimate` and `vistune generate`: price a plan, then run it against any OpenAI-compatible API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flows.cli import app
+from schemas.generation import GenerateConfig, GenerateStats
+from schemas.samples import SAMPLE_TYPES
+from schemas.settings import get_settings
+from tasks import pricing, store
+from tasks.estimate import estimate
+from tasks.generate import generate, with_settings
+from tasks.plan import plan_requests
+
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    Path | None, typer.Option("--db", help="DuckDB file (default: $VISTUNE_DB or data/vistune.duckdb)")
+]
+TypesOption = Annotated[
+    str, typer.Option("--types", help="Comma-separated sample types: " + ", ".join(SAMPLE_TYPES))
+]
+LimitOption = Annotated[int | None, typer.Option("--limit", help="Number of images (first N by id); default all")]
+ModelOption = Annotated[str | None, typer.Option("--model", help="Model name (default: $VISTUNE_MODEL or gpt-4o)")]
+FormatOption = Annotated[str, typer.Option("--format", help="structured | llava-text")]
+
+
+def _types(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in SAMPLE_TYPES]
+    if unknown:
+        raise typer.BadParameter(f"unknown sample type(s) {unknown}; choose from {', '.join(SAMPLE_TYPES)}")
+    return names
+
+
+def _usd(value: float | None) -> str:
+    return "no price (add it to tasks/prices.toml)" if value is None else f"${value:,.2f}"
+
+
+@app.command("estimate")
+def estimate_command(
+    types: TypesOption = ",".join(SAMPLE_TYPES),
+    limit: LimitOption = None,
+    model: ModelOption = None,
+    output_format: FormatOption = "structured",
+    max_tokens: Annotated[int, typer.Option(help="max_tokens per request")] = 2048,
+    db: DbOption = None,
+) -> None:
+    """Requests, tokens and cost (online vs batch) of what `generate` would send. Sends nothing, writes nothing."""
+    model = model or get_settings().model
+    plan = plan_requests(db, sample_types=_types(types), model=model, output_format=output_format,
+                         limit_images=limit, max_tokens=max_tokens, dry_run=True)
+    est = estimate(plan, model, db)
+    table = Table(title=f"estimate: {model}, {output_format}, {plan.images} images")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("requests to send", f"{est.requests:,}")
+    table.add_row("already have a good sample", f"{plan.already_ok:,}")
+    for name, n in sorted(plan.by_type.items()):
+        table.add_row(f"  {name}", f"{n:,}")
+    table.add_row("input tokens (estimated)", f"{est.input_tokens:,}")
+    table.add_row(f"output tokens ({est.output_source} means)", f"{est.output_tokens:,}")
+    table.add_row("cost online", _usd(est.online_usd))
+    table.add_row("cost with --mode batch", _usd(est.batch_usd))
+    console.print(table)
+
+
+def _progress_printer(progress: Progress, task_id: TaskID) -> Callable[[GenerateStats], None]:
+    def update(stats: GenerateStats) -> None:
+        progress.update(
+            task_id, total=max(stats.requests - stats.already_ok, 0), completed=stats.done + stats.failed,
+            failed=stats.failed, tokens=stats.tokens, cost=stats.cost_usd,
+        )
+
+    return update
+
+
+@app.command("generate")
+def generate_command(
+    types: TypesOption = ",".join(SAMPLE_TYPES),
+    limit: LimitOption = None,
+    model: ModelOption = None,
+    output_format: FormatOption = "structured",
+    mode: Annotated[str, typer.Option("--mode", help="online | batch (Batch API: half price, up to 24 h)")] = "online",
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once")] = 64,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute (default: learned from headers)")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute (default: learned from headers)")] = None,
+    max_cost_usd: Annotated[float | None, typer.Option(help="Stop sending new requests at this spend")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per HTTP attempt")] = 120.0,
+    max_attempts: Annotated[int, typer.Option(help="Attempts per request (retries + 1)")] = 5,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens per request")] = 2048,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
+    ] = None,
+    db: DbOption = None,
+    progress_bar: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
+) -> None:
+    """Plan the missing samples and send them; rerun any time: nothing with a good response is sent again.
+
+    The API key comes from $OPENAI_API_KEY (or .env / vistune.toml), never from a flag, so it
+    stays out of shell history; it is never printed or stored.
+    """
+    try:
+        config = with_settings(GenerateConfig(
+            model=model or get_settings().model, base_url=base_url, format=output_format, mode=mode,
+            concurrency=concurrency, rpm=rpm, tpm=tpm, max_cost_usd=max_cost_usd, timeout=timeout,
+            max_attempts=max_attempts, max_tokens=max_tokens, types=_types(types), limit=limit,
+        ))
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if not pricing.known(config.model):
+        err_console.print(f"[yellow]warning:[/yellow] no price for {config.model!r} in {pricing.PRICES_FILE}: "
+                          "costs are recorded as $0", highlight=False)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("failed {task.fields[failed]}  tokens {task.fields[tokens]:,}  ${task.fields[cost]:.4f}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err_console, disable=not progress_bar) as progress:
+        task_id = progress.add_task(f"generate {config.model}", total=None, failed=0, tokens=0, cost=0.0)
+        try:
+            stats = generate(db, config, on_progress=_progress_printer(progress, task_id))
+        except ValueError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    table = Table(title=f"generate: {config.model} ({config.mode}, {config.format})")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for name in ("requests", "already_ok", "done", "failed", "attempts", "prompt_tokens", "completion_tokens",
+                 "cached_tokens"):
+        table.add_row(name, f"{getattr(stats, name):,}")
+    table.add_row("cost", f"${stats.cost_usd:,.4f}")
+    table.add_row("wall", f"{stats.wall_s:,.1f} s")
+    for status, n in sorted(stats.final_by_status.items()):
+        if status != "ok":
+            table.add_row(f"final {status}", f"{n:,}")
+    console.print(table)
+    console.print(f"database: {store.resolve_db(db)}")
+    if stats.failed:
+        err_console.print(f"[yellow]{stats.failed} request(s) ended without a good response; rerun to retry them. "
+                          "Why: vistune sql \"SELECT status, count(*) FROM responses GROUP BY 1\"[/yellow]")

@@ -1,0 +1,52 @@
+"""What a plan would cost before anything is sent: requests, tokens, and dollars online vs batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks import pricing, store
+from tasks.plan import PlanResult
+
+# Expected completion tokens per sample type when the database has no answers yet to learn from
+# (LLaVA-Instruct-158K averages, rounded: conversations are the longest).
+DEFAULT_OUTPUT_TOKENS = {"conversation": 450, "detail_description": 200, "complex_reasoning": 300}
+
+
+@dataclass
+class Estimate:
+    """The cost of sending a plan's pending requests."""
+
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    online_usd: float | None  # None: the model has no price in tasks/prices.toml
+    batch_usd: float | None
+    output_source: str  # "observed" (mean of stored ok answers) or "default"
+
+
+def expected_output_tokens(db_path: str | Path | None, model: str) -> tuple[dict[str, float], str]:
+    """Mean completion tokens per sample type from stored ok answers of the model, else defaults."""
+    try:
+        rows = store.query(
+            "SELECT q.sample_type, avg(r.completion_tokens) AS tokens FROM responses r "
+            "JOIN requests q USING (request_id) WHERE r.status = 'ok' AND q.model = ? GROUP BY 1",
+            [model], path=db_path,
+        )
+    except FileNotFoundError:
+        rows = []
+    observed = {r["sample_type"]: float(r["tokens"]) for r in rows}
+    if observed:
+        return {**DEFAULT_OUTPUT_TOKENS, **observed}, "observed"
+    return dict(DEFAULT_OUTPUT_TOKENS), "default"
+
+
+def estimate(plan: PlanResult, model: str, db_path: str | Path | None = None) -> Estimate:
+    """Tokens and cost of the plan's pending requests (prompt caching ignored: an upper bound on input)."""
+    per_type, source = expected_output_tokens(db_path, model)
+    output = int(sum(n * per_type.get(t, 300) for t, n in plan.by_type.items()))
+    online = batch = None
+    if pricing.known(model):
+        online = pricing.cost_usd(model, plan.est_input_tokens, output)
+        batch = pricing.cost_usd(model, plan.est_input_tokens, output, batch=True)
+    return Estimate(plan.pending, plan.est_input_tokens, output, online, batch, source)
