@@ -1,0 +1,125 @@
+"""`vistune run` (the pipeline flow), `vistune demo` (the whole DAG on the sample) and `vistune status`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flows.cli import app
+from schemas.flow_params import SAMPLE_COCO, CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
+from tasks import store
+
+console = Console()
+
+DbOption = Annotated[
+    Path | None, typer.Option("--db", help="DuckDB file (default: $VISTUNE_DB or data/vistune.duckdb)")
+]
+TERMINAL_BATCH_STATES = ("completed", "failed", "expired", "cancelled", "done")
+
+
+def splits_of(coco_dir: Path) -> list[str]:
+    """The splits a COCO folder has annotations for (`annotations/captions_<split>.json`)."""
+    found = sorted(p.stem.removeprefix("captions_") for p in (coco_dir / "annotations").glob("captions_*.json"))
+    if not found:
+        raise typer.BadParameter(f"{coco_dir}/annotations has no captions_<split>.json", param_hint="--coco")
+    return found
+
+
+class ProgressBar:
+    """A rich progress bar fed by the generate flow's totals (see `flows.progress.add_listener`)."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(), console=console, transient=False,
+        )
+        self.task_id = self.progress.add_task("generate", total=None, detail="")
+
+    def __call__(self, stats: object, total: int) -> None:
+        done = stats.done + stats.already_ok + stats.failed  # type: ignore[attr-defined]
+        detail = f"{stats.failed} failed · {stats.tokens:,} tok · ${stats.cost_usd:.4f}"  # type: ignore[attr-defined]
+        self.progress.update(self.task_id, total=total, completed=done, detail=detail)
+
+
+@app.command("run")
+def run_command(
+    coco: Annotated[Path, typer.Option("--coco", help="COCO root (default: the bundled sample)")] = Path(SAMPLE_COCO),
+    split: Annotated[list[str] | None, typer.Option("--split", help="split(s); default: every split found")] = None,
+    types: Annotated[list[str] | None, typer.Option("--types", help="sample types; default: all three")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="at most this many images")] = None,
+    model: Annotated[str | None, typer.Option("--model")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="structured | llava-text")] = "structured",
+    rpm: Annotated[float | None, typer.Option("--rpm", help="requests/minute, all workers together")] = None,
+    tpm: Annotated[float | None, typer.Option("--tpm", help="tokens/minute, all workers together")] = None,
+    max_cost_usd: Annotated[float | None, typer.Option("--max-cost-usd")] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="requests per Prefect task")] = 500,
+    max_workers: Annotated[int, typer.Option("--max-workers", help="shards at once")] = 4,
+    task_runner: Annotated[str, typer.Option("--task-runner", help="threads | dask")] = "threads",
+    export_dir: Annotated[Path, typer.Option("--export-dir")] = Path("data/export"),
+    train_config: Annotated[Path | None, typer.Option("--train-config", help="also train with this config")] = None,
+    db: DbOption = None,
+) -> None:
+    """Run the whole pipeline as a Prefect flow (on PREFECT_API_URL's server, else a temporary local one)."""
+    from flows.pipeline import pipeline_flow
+    from flows.progress import add_listener
+    from schemas.settings import get_settings
+
+    db_path = str(store.resolve_db(db))
+    params = PipelineParams(
+        ingest=IngestParams(coco_dir=str(coco), splits=split or splits_of(coco), db_path=db_path),
+        generate=GenerateParams(
+            db_path=db_path, sample_types=types or GenerateParams().sample_types, limit_images=limit,
+            model=model or get_settings().model, output_format=output_format, rpm=rpm, tpm=tpm,
+            max_cost_usd=max_cost_usd, shard_size=shard_size, max_workers=max_workers, task_runner=task_runner,
+        ),
+        curate=CurateParams(db_path=db_path, export_dir=str(export_dir)),
+        train=TrainParams(config=str(train_config)) if train_config else None,
+    )
+    bar = ProgressBar()
+    remove = add_listener(bar)
+    try:
+        with bar.progress:
+            pipeline_flow(params)
+    finally:
+        remove()
+    console.print(f"database: {db_path}\nexports: {export_dir.resolve()}")
+
+
+@app.command("status")
+def status_command(db: DbOption = None) -> None:
+    """Row counts, money spent, response statuses and open batches of a database."""
+    db_path = store.resolve_db(db)
+    counts = store.table_counts(db_path)
+    table = Table(title=f"vistune status: {db_path}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, n in counts.items():
+        table.add_row(name, f"{n:,}")
+    console.print(table)
+    spent = store.query(
+        "SELECT status, count(*) AS n, coalesce(sum(cost_usd), 0) AS cost, "
+        "coalesce(sum(prompt_tokens + completion_tokens), 0) AS tokens FROM responses GROUP BY status ORDER BY n DESC",
+        path=db_path,
+    )
+    pending = store.query(
+        "SELECT count(*) AS n FROM requests q WHERE NOT EXISTS "
+        "(SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'ok')",
+        path=db_path,
+    )[0]["n"]
+    total_cost = sum(r["cost"] for r in spent)
+    console.print(f"cost so far: ${total_cost:,.4f} · requests without a good response: {pending:,}")
+    for r in spent:
+        console.print(f"  responses {r['status']}: {r['n']:,} ({r['tokens']:,} tokens, ${r['cost']:,.4f})")
+    open_batches = store.query(
+        "SELECT batch_id, status, n_requests, created_at FROM batches WHERE lower(status) NOT IN "
+        f"({', '.join('?' * len(TERMINAL_BATCH_STATES))}) ORDER BY created_at",
+        list(TERMINAL_BATCH_STATES), path=db_path,
+    )
+    console.print(f"open batches: {len(open_batches)}")
+    for b in open_batches:
+        console.print(f"  {b['batch_id']}: {b['status']}, {b['n_requests']:,} requests, since {b['created_at']}")

@@ -1,0 +1,160 @@
+"""End to end through a real Prefect server: deploy from prefect.yaml, a process worker runs `pipeline`.
+
+Starts `prefect server start` on a free loopback port with its own PREFECT_HOME, creates the
+`vistune` process pool, runs `prefect deploy --all` from the repo root, starts a worker, triggers
+the `pipeline` deployment on three coco-mini images against the simulator, waits for Completed,
+then checks the artifacts through the Prefect API and the tables through DuckDB. Server and
+worker are stopped by PID (their process groups) at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tasks import store
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = [sys.executable, "-m", "prefect"]
+
+pytestmark = [pytest.mark.prefect_server, pytest.mark.coco_mini, pytest.mark.timeout(300)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group we started (worker children included), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def wait_healthy(api_url: str, server: subprocess.Popen[bytes], log: Path, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"prefect server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"prefect server not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A real Prefect server on a loopback port; yields the environment that points at it."""
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_ENABLED": "false",
+        "PYTHONPATH": str(REPO),
+    }
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(api_url, server, log)
+        yield env
+    finally:
+        stop(server)
+
+
+def prefect_cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([*PREFECT, "--no-prompt", *args], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+async def run_and_wait(env: dict[str, str], parameters: dict[str, object], timeout_s: float) -> tuple[str, str]:
+    """Trigger the pipeline deployment; return (final state name, flow run id)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        flow_run = await run_deployment("pipeline/pipeline", parameters=parameters, timeout=0)
+        async with get_client() as client:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                run = await client.read_flow_run(flow_run.id)
+                if run.state is not None and run.state.is_final():
+                    return run.state.name, str(flow_run.id)
+                await asyncio.sleep(1)
+    return "timed out", str(flow_run.id)
+
+
+async def artifact_keys(env: dict[str, str]) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts() if a.key}
+
+
+def test_pipeline_deployment_runs_on_a_process_worker(prefect_server: dict[str, str], coco_mini: Path,
+                                                      tmp_path: Path) -> None:
+    from tests.sim import SimConfig, start_simulator
+
+    env = prefect_server
+    db = tmp_path / "vistune.duckdb"
+    export_dir = tmp_path / "export"
+    prefect_cli(env, "work-pool", "create", "vistune", "--type", "process")
+    prefect_cli(env, "deploy", "--all")
+    worker_log = tmp_path / "worker.log"
+    with start_simulator(SimConfig()) as sim, worker_log.open("wb") as out:
+        worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "vistune", "--limit", "1"],
+                                  env={**env, "VISTUNE_DB": str(db)}, cwd=REPO, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            parameters = {"params": {
+                "ingest": {"coco_dir": str(coco_mini), "splits": ["train2017"], "db_path": str(db)},
+                "generate": {"limit_images": 3, "model": "gpt-4o-mini", "base_url": sim.base_url,
+                             "shard_size": 4, "max_workers": 2, "rpm": 6000},
+                "curate": {"export_dir": str(export_dir)},
+            }}
+            state, run_id = asyncio.run(run_and_wait(env, parameters, timeout_s=180))
+        finally:
+            stop(worker)
+    assert state == "Completed", f"flow run {run_id} ended {state}; worker log:\n{worker_log.read_text()[-4000:]}"
+
+    keys = asyncio.run(artifact_keys(env))
+    assert {"generation-progress", "generation-summary", "dataset-report", "dataset-exports"} <= keys, keys
+
+    counts = store.table_counts(db)
+    assert counts["images"] == 80 and counts["captions"] >= 400
+    assert counts["requests"] == 9  # 3 images x 3 sample types
+    ok = store.query("SELECT count(DISTINCT request_id) AS n FROM responses WHERE status = 'ok'", path=db)[0]["n"]
+    assert ok == 9
+    assert counts["samples"] + store.query("SELECT count(DISTINCT response_id) AS n FROM rejects", path=db)[0]["n"] >= 9
+    assert (export_dir / "llava_instruct.json").exists()
