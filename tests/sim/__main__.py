@@ -15,6 +15,8 @@ import types
 import typing
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from tests.sim.app import SimulatorApp
 from tests.sim.config import SimConfig
 from tests.sim.core import Simulator
@@ -50,7 +52,10 @@ def parse_args(argv: list[str] | None = None) -> SimConfig:
     base = json.loads(args.pop("config_json") or "{}")
     base.update({k: v for k, v in args.items() if v is not None})
     base["log_in_memory"] = False  # nobody can read this process's memory; the log file is the record
-    return SimConfig.model_validate(base)
+    try:
+        return SimConfig.model_validate(base)
+    except ValidationError as exc:
+        parser.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,7 @@
 """What the fake model says: sample content derived from the captions and objects in the prompt.
 
-The last user message is read line by line: `category: [x1, y1, x2, y2]` lines are objects, other
+The last user message is read line by line: `category: [x1, y1, x2, y2]` lines (also
+`category (crowd): [...]`) are objects, other
 lines with a few words are captions. Noun phrases are picked out of the captions with a cheap
 determiner rule ("a large dog sitting..." -> "large dog"), so answers mention what each image shows
 and samples differ per image. All choices come from a `random.Random` seeded by the request body
@@ -17,7 +18,9 @@ from typing import Any
 
 SAMPLE_TYPE_NAMES = ("conversation", "detail_description", "complex_reasoning")
 
-_OBJECT_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z ]*?)\s*:\s*\[\s*[-\d.]+(?:\s*,\s*[-\d.]+){3}\s*\]\s*$")
+_OBJECT_LINE = re.compile(
+    r"^\s*([A-Za-z][A-Za-z ]*?)\s*(?:\(crowd\))?\s*:\s*\[\s*[-\d.]+(?:\s*,\s*[-\d.]+){3}\s*\]\s*$"
+)
 _WORD = re.compile(r"[A-Za-z]+")
 _DETERMINERS = frozenset(
     [
@@ -123,6 +126,9 @@ def _noun_phrases(caption: str) -> list[str]:
         run = []
         for nxt in words[i + 1 : i + 4]:
             if nxt in _PHRASE_STOP or nxt in _DETERMINERS or nxt.endswith("ing"):
+                break
+            # "a man rides": after a singular determiner, a later word in -s is a verb, not the noun
+            if run and word in ("a", "an") and nxt.endswith("s") and not nxt.endswith("ss"):
                 break
             run.append(nxt)
         if run:

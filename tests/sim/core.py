@@ -84,6 +84,7 @@ class Simulator:
         self.dice = Dice(config)
         self.limits = RateLimits(config.rpm, config.tpm)
         self.counter = TokenCounter(config.token_counter)
+        self.counter.text("warm up")  # load the encoding now, not inside the first timed request
         self.prefix_cache = PrefixCache(config.cache_min_tokens, config.cache_block_tokens)
         self.log: list[ServedRequest] = []
         self.stats: Counter[str] = Counter()
