@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
+import pyarrow as pa
 from pydantic import ValidationError
 
 from schemas.samples import SampleOutput, sample_type
@@ -34,6 +35,7 @@ from tasks.formats import OUTPUT_FORMATS, check_format, render
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 BOX_DECIMALS = 3
+_IDS_VIEW = "_vistune_context_ids"
 CROWD_MARK = " (crowd)"  # appended to the category of an `iscrowd` region; system prompts explain it
 
 Box = tuple[float, float, float, float]
@@ -127,31 +129,39 @@ def load_contexts(con: duckdb.DuckDBPyConnection, image_ids: Sequence[int] | Non
     Images that are not in the store are missing from the result; the caller decides whether
     that is an error. Works on read-only connections.
     """
-    where = ""
-    params: list[Any] = []
-    if image_ids is not None:
-        if len(image_ids) == 0:
-            return {}
-        where = "WHERE image_id IN (SELECT unnest(?::BIGINT[]))"
-        params = [list(map(int, image_ids))]
-    images = con.execute(f"SELECT image_id, width, height FROM images {where}", params).fetchall()
-    captions = dict(con.execute(
-        f"SELECT image_id, list(caption ORDER BY caption_id) FROM captions {where} GROUP BY image_id", params
-    ).fetchall())
-    objects = dict(con.execute(
-        f"SELECT image_id, "
-        f"list({{'category': category, 'box': [x1, y1, x2, y2], 'crowd': iscrowd}} ORDER BY object_id) "
-        f"FROM objects {where} GROUP BY image_id", params
-    ).fetchall())
+    if image_ids is None:
+        return _load_contexts(con, "")
+    if len(image_ids) == 0:
+        return {}
+    # A registered arrow table joins faster than a long list parameter, and keeps the SQL short.
+    con.register(_IDS_VIEW, pa.table({"image_id": pa.array(list(map(int, image_ids)), type=pa.int64())}))
+    try:
+        return _load_contexts(con, f"WHERE image_id IN (SELECT image_id FROM {_IDS_VIEW})")
+    finally:
+        con.unregister(_IDS_VIEW)
+
+
+def _load_contexts(con: duckdb.DuckDBPyConnection, where: str) -> dict[int, ImageContext]:
+    images = con.execute(f"SELECT image_id, width, height FROM images {where}").fetchall()
+    # Flat ordered rows grouped here: several times faster than list()/struct aggregates in SQL,
+    # whose conversion to Python objects dominates at 50K+ images.
+    captions: dict[int, list[str]] = {}
+    for image_id, caption in con.execute(
+        f"SELECT image_id, caption FROM captions {where} ORDER BY image_id, caption_id"
+    ).fetchall():
+        captions.setdefault(image_id, []).append(caption)
+    objects: dict[int, list[ObjectBox]] = {}
+    for image_id, category, x1, y1, x2, y2, crowd in con.execute(
+        f"SELECT image_id, category, x1, y1, x2, y2, iscrowd FROM objects {where} ORDER BY image_id, object_id"
+    ).fetchall():
+        objects.setdefault(image_id, []).append(ObjectBox(category, (x1, y1, x2, y2), bool(crowd)))
     return {
         image_id: ImageContext(
             image_id=image_id,
             width=width,
             height=height,
             captions=tuple(captions.get(image_id, ())),
-            objects=tuple(
-                ObjectBox(o["category"], tuple(o["box"]), bool(o["crowd"])) for o in objects.get(image_id, ())
-            ),
+            objects=tuple(objects.get(image_id, ())),
         )
         for image_id, width, height in images
     }

@@ -149,6 +149,9 @@ class CountingConnection:
         self.calls += 1
         return self.con.execute(*args, **kwargs)  # type: ignore[attr-defined]
 
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.con, name)
+
 
 def test_load_contexts_is_bulk_ordered_and_skips_unknown_ids(sample_db: Path) -> None:
     with store.read(sample_db) as con:
