@@ -1,0 +1,165 @@
+"""The flows under one temporary Prefect server (`prefect_harness`), against the simulator.
+
+What is checked is what a user relies on: a rerun sends no request and adds no row; a shard
+that fails half-way is retried by Prefect without a duplicated good response; training output
+reaches the Prefect log and a failing stage fails the flow; the UI gets its artifacts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows import generate as generate_module
+from flows.generate import generate_flow
+from flows.ingest import ingest_flow
+from flows.train import train_flow
+from schemas.flow_params import GenerateParams, IngestParams, TrainParams
+from tasks import store
+from tasks.shared_limiter import SharedRateLimiter
+from tests.sim import SimConfig, start_simulator
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+DATA_TABLES = ("images", "captions", "objects", "requests", "responses", "samples", "rejects", "duplicates")
+
+
+@pytest.fixture
+def sim() -> Iterator[object]:
+    with start_simulator(SimConfig()) as handle:
+        yield handle
+
+
+def data_counts(db: Path) -> dict[str, int]:
+    counts = store.table_counts(db)
+    return {t: counts[t] for t in DATA_TABLES}
+
+
+def chat_calls(sim: object) -> int:
+    return sum(1 for r in list(sim.log) if r.path == "/v1/chat/completions")  # type: ignore[attr-defined]
+
+
+def ok_per_request(db: Path) -> list[int]:
+    rows = store.query("SELECT request_id, count(*) FILTER (WHERE status = 'ok') AS ok FROM responses "
+                       "GROUP BY request_id", path=db)
+    return [r["ok"] for r in rows]
+
+
+async def latest_run(flow_name: str) -> tuple[dict[str, object], list[int]]:
+    """Artifacts (key -> data) and task-run attempt counts of the latest run of `flow_name`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                           sort=FlowRunSort.START_TIME_DESC, limit=1)
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[runs[0].id])))
+        task_runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id])))
+    shard_attempts = [t.run_count for t in task_runs if t.name.startswith("generate-shard")]
+    return {a.key: a.data for a in artifacts if a.key}, shard_attempts
+
+
+def test_generate_rerun_sends_nothing_and_adds_no_row(db_path: Path, sample_coco: Path, sim: object) -> None:
+    ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
+    params = GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
+                            shard_size=5, max_workers=2, rpm=60_000)
+    first = generate_flow(params)
+    planned = store.table_counts(db_path)["requests"]
+    assert planned == 12  # 4 images x 3 sample types, in 3 shards
+    assert first.done == 12 and first.failed == 0
+    assert chat_calls(sim) == 12
+    assert ok_per_request(db_path) == [1] * 12
+
+    artifacts, shard_attempts = asyncio.run(latest_run("generate"))
+    assert shard_attempts == [1, 1, 1]
+    assert artifacts["generation-progress"] == 100.0
+    assert "12/12 done" in str(artifacts["generation-summary"])
+
+    before = data_counts(db_path)
+    ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
+    again = generate_flow(params)
+    assert chat_calls(sim) == 12  # not one request sent again
+    assert data_counts(db_path) == before
+    assert (again.done, again.failed, again.attempts) == (0, 0, 0)
+
+
+class FailOnceLimiter:
+    """Wraps the shared limiter; the first shard to reach its 3rd call raises once (a crashed shard)."""
+
+    def __init__(self, inner: SharedRateLimiter) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.failed = False
+
+    async def acquire(self, requests: int = 1, tokens: int = 0) -> None:
+        self.calls += 1
+        if self.calls == 3 and not self.failed:
+            self.failed = True
+            raise ConnectionResetError("injected: the shard's worker lost its connection")
+        await self.inner.acquire(requests, tokens)
+
+    def penalize(self, retry_after_s: float) -> None:
+        self.inner.penalize(retry_after_s)
+
+    def observe_headers(self, headers: object) -> None:
+        self.inner.observe_headers(headers)  # type: ignore[arg-type]
+
+
+def test_a_shard_that_fails_once_is_retried_without_duplicates(
+    db_path: Path, sample_coco: Path, sim: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
+    limiters: list[FailOnceLimiter] = []
+
+    def flaky_limiter(params: GenerateParams, db: Path) -> FailOnceLimiter:
+        limiters.append(FailOnceLimiter(SharedRateLimiter(db.with_suffix(".bucket"), rpm=params.rpm)))
+        return limiters[-1]
+
+    monkeypatch.setattr(generate_module, "build_limiter", flaky_limiter)
+    params = GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
+                            shard_size=12, max_workers=1, rpm=60_000, shard_retries=1)
+    stats = generate_flow(params)
+    assert limiters[0].failed  # the shard did crash once, Prefect ran it a second time ...
+    assert asyncio.run(latest_run("generate"))[1] == [2]
+    assert ok_per_request(db_path) == [1] * 12  # ... and still every request has exactly one good response
+    assert chat_calls(sim) == 12  # the two answered before the crash were not sent again
+    assert stats.done + stats.already_ok == 12
+
+
+# Stands in for `python -m training`: prints a few lines, fails when asked to.
+FAKE_TRAINING = """
+import sys
+stage = sys.argv[2]
+print(f"{stage}: step 1 loss 2.50", flush=True)
+print(f"{stage}: saved checkpoint", flush=True)
+sys.exit(7 if "--fail" in sys.argv and stage == "stage2" else 0)
+"""
+
+
+def test_train_runs_the_stages_in_order_and_streams_their_lines(tmp_path: Path) -> None:
+    params = TrainParams(config=str(tmp_path / "train.yaml"), launcher=[sys.executable, "-c", FAKE_TRAINING])
+    tails = train_flow(params)
+    assert list(tails) == ["stage1", "stage2"]
+    assert tails["stage2"] == ["stage2: step 1 loss 2.50", "stage2: saved checkpoint"]
+
+
+def test_a_failing_training_stage_fails_the_flow(tmp_path: Path) -> None:
+    params = TrainParams(config=str(tmp_path / "train.yaml"), launcher=[sys.executable, "-c", FAKE_TRAINING],
+                         stage2_overrides=["--fail"])
+    state = train_flow(params, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="exited with code 7"):
+        state.result()
