@@ -1,0 +1,53 @@
+"""Stage 1: the projector alone learns; vision tower and LLM stay bit-identical; the result loads and generates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from tests.test_training_support import coco_captions, generate_reply, stage1_run
+from training.config import load_config
+from training.metrics import read_metrics
+
+pytestmark = pytest.mark.coco_mini
+
+
+def test_stage1_overfits_caption_pairs_and_trains_only_the_projector(coco_mini):
+    config_path, before = stage1_run(coco_mini)
+    cfg = load_config(config_path)
+    out = cfg.stage_dir("stage1")
+    losses = [record["loss"] for record in read_metrics(out / "metrics.jsonl")]
+    first, last = losses[0], sum(losses[-3:]) / 3
+    assert last <= 0.5 * first, f"loss fell only from {first:.3f} to {last:.3f}"
+    assert (out / "loss_curve.png").stat().st_size > 0
+    assert any((out / "tensorboard").iterdir())
+
+    after = LlavaForConditionalGeneration.from_pretrained(out / "final").state_dict()
+    assert set(after) == set(before)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all("multi_modal_projector" in name for name in changed), sorted(changed)[:5]
+    # both projector layers learn (mlp2x_gelu); nothing else moved, bit for bit
+    assert {name.rsplit(".", 2)[-2] for name in changed} == {"linear_1", "linear_2"}
+    assert (out / "final" / "projector.safetensors").exists()
+
+
+def test_stage1_result_generates_from_an_image_and_a_question(coco_mini):
+    config_path, _ = stage1_run(coco_mini)
+    final = load_config(config_path).stage_dir("stage1") / "final"
+    image = coco_mini / "train2017" / coco_captions(coco_mini, 1)[0][0]
+    _, new_tokens = generate_reply(final, image, "What is in the image?")
+    assert new_tokens > 0
+
+
+def test_linear_projector_keeps_its_second_layer_the_identity(coco_mini, tmp_path):
+    from tests.test_training_support import tiny_config_file
+    from training.loop import train
+
+    cfg = load_config(tiny_config_file(coco_mini, "linear"), ["projector=linear", "stage1.max_steps=2"])
+    train(cfg, "stage1")
+    model = LlavaForConditionalGeneration.from_pretrained(cfg.stage_dir("stage1") / "final")
+    projector = model.model.multi_modal_projector
+    assert model.config.projector_hidden_act == "linear"
+    torch.testing.assert_close(projector.linear_2.weight, torch.eye(projector.linear_2.weight.shape[0]))
+    assert torch.count_nonzero(projector.linear_2.bias) == 0

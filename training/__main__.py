@@ -1,0 +1,6 @@
+"""`python -m training stage1|stage2|merge --config FILE [key=value ...]`."""
+
+from training.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Resumable checkpoints: trainable weights, optimizer, scheduler, position in the data, RNG state.
+
+Only trainable weights are stored (a projector is megabytes, a frozen 7B LLM is not re-saved every N
+steps). Resume restores all of it and skips the batches already seen, so the loss trajectory continues.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class Progress:
+    """Where training stands: optimizer steps done, epoch, micro-batches consumed in that epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+
+
+def save_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, progress: Progress, keep: int) -> Path:
+    """Write `directory/step-N/trainer_state.pt` and drop all but the newest `keep` checkpoints."""
+    path = directory / f"step-{progress.step:08d}"
+    path.mkdir(parents=True, exist_ok=True)
+    trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    state = {
+        "trainable": trainable,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "progress": asdict(progress),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    torch.save(state, path / STATE_FILE)
+    for old in sorted(directory.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint under `directory`, if any."""
+    done = [p for p in sorted(directory.glob("step-*")) if (p / STATE_FILE).exists()]
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> Progress:
+    """Restore a checkpoint written by `save_checkpoint` into live objects; returns the progress."""
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    parameters = dict(model.named_parameters())
+    missing = set(state["trainable"]) - set(parameters)
+    if missing:
+        raise ValueError(f"checkpoint {path} has weights the model lacks: {sorted(missing)[:3]}; config changed?")
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            parameters[name].copy_(value.to(parameters[name].device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return Progress(**state["progress"])

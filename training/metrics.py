@@ -1,0 +1,62 @@
+"""Metrics to a JSON-lines log and TensorBoard, and a loss-curve PNG at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Appends one json object per logged step; on resume, drops entries after the resumed step."""
+
+    def __init__(self, directory: Path, resume_step: int = 0, tensorboard: bool = True) -> None:
+        self.path = directory / METRICS_FILE
+        directory.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step] if resume_step else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(directory / "tensorboard"), purge_step=resume_step + 1 or None)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """Record `values` at optimizer step `step`."""
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All records of a metrics.jsonl file (empty when absent)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss(metrics_path: Path, png_path: Path) -> Path:
+    """Draw train loss against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in read_metrics(metrics_path) if "loss" in r]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot([r["step"] for r in records], [r["loss"] for r in records])
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("train loss")
+    axis.set_title(metrics_path.parent.name)
+    figure.tight_layout()
+    figure.savefig(png_path)
+    plt.close(figure)
+    return png_path

@@ -1,0 +1,169 @@
+"""Build or load the transformers `LlavaForConditionalGeneration` and its processor.
+
+Projector choice: transformers' `LlavaMultiModalProjector` is always linear_1 -> act -> linear_2.
+`mlp2x_gelu` (LLaVA-1.5) is exactly that with GELU. `linear` (the paper) uses the `linear` (identity)
+activation and pins linear_2 to the identity (weight I, bias 0, never trained, see `stages.py`), so the
+map is one trained Linear while the checkpoint keeps the standard layout that `from_pretrained`,
+vLLM and other Llava loaders read. Cost: one extra hidden x hidden matmul per image token.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoProcessor,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    CLIPVisionModel,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from training.config import StageConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+PAD_TOKEN = "<pad>"
+PROJECTOR_ACT = {"linear": "linear", "mlp2x_gelu": "gelu"}
+# Modules bitsandbytes must leave in full precision under QLoRA.
+QLORA_SKIP_MODULES = ["vision_tower", "multi_modal_projector", "lm_head"]
+
+
+def projector_type(config: LlavaConfig) -> str:
+    """`linear` or `mlp2x_gelu`, read back from a Llava config."""
+    return "linear" if config.projector_hidden_act == "linear" else "mlp2x_gelu"
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`auto` is bf16 on CUDA and fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def resolve_attention(name: str) -> str:
+    """`auto` is flash-attention 2 when installed on CUDA, else PyTorch SDPA."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def num_image_tokens(processor: LlavaProcessor) -> int:
+    """Image tokens the processor inserts per image (= vision features the model produces)."""
+    crop = processor.image_processor.crop_size
+    count = (crop["height"] // processor.patch_size) * (crop["width"] // processor.patch_size)
+    count += processor.num_additional_image_tokens
+    return count - 1 if processor.vision_feature_select_strategy == "default" else count
+
+
+def build_processor(cfg: TrainConfig, patch_size: int) -> LlavaProcessor:
+    """Tokenizer of the LLM (+ `<image>` and a pad token) and image processor of the vision tower."""
+    tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
+    extra: dict = {}
+    if tokenizer.pad_token is None:
+        extra["pad_token"] = PAD_TOKEN
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        extra["additional_special_tokens"] = [IMAGE_TOKEN]
+    if extra:
+        tokenizer.add_special_tokens(extra)
+    tokenizer.model_max_length = cfg.model_max_length
+    tokenizer.padding_side = "right"
+    image_processor = AutoImageProcessor.from_pretrained(cfg.vision_model)
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        # CLIP prepends a CLS token; "default" drops it again, so tokens == patches.
+        num_additional_image_tokens=1,
+        image_token=IMAGE_TOKEN,
+    )
+
+
+def _init_projector(projector: LlavaMultiModalProjector, kind: str) -> None:
+    if kind == "linear":
+        with torch.no_grad():
+            projector.linear_2.weight.copy_(torch.eye(projector.linear_2.weight.shape[0]))
+            if projector.linear_2.bias is not None:
+                projector.linear_2.bias.zero_()
+
+
+def build_base_model(cfg: TrainConfig) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Assemble a Llava model from a CLIP vision tower and a causal LLM (paths or hub ids), new projector."""
+    dtype = resolve_dtype(cfg.dtype)
+    attention = resolve_attention(cfg.attn_implementation)
+    vision = CLIPVisionModel.from_pretrained(cfg.vision_model, dtype=dtype, attn_implementation=attention)
+    llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype, attn_implementation=attention)
+    processor = build_processor(cfg, patch_size=vision.config.patch_size)
+    tokenizer = processor.tokenizer
+    config = LlavaConfig(
+        vision_config=vision.config,
+        text_config=llm.config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=num_image_tokens(processor),
+        projector_hidden_act=PROJECTOR_ACT[cfg.projector],
+        vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        tie_word_embeddings=bool(getattr(llm.config, "tie_word_embeddings", False)),
+    )
+    # Build the shell on the meta device and move the loaded towers in: no second copy of 7B weights.
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower = vision
+    model.model.language_model = llm.model
+    model.lm_head = llm.lm_head
+    projector = LlavaMultiModalProjector(config).to(dtype)
+    _init_projector(projector, cfg.projector)
+    model.model.multi_modal_projector = projector
+    model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.config._attn_implementation = attention
+    return model, processor
+
+
+def load_model(
+    path: Path | str, dtype: torch.dtype, attention: str = "sdpa", quantize_4bit: bool = False
+) -> LlavaForConditionalGeneration:
+    """Load a saved Llava checkpoint, optionally with the LLM in bitsandbytes NF4 (QLoRA)."""
+    quantization = None
+    if quantize_4bit:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=QLORA_SKIP_MODULES,
+        )
+    return LlavaForConditionalGeneration.from_pretrained(
+        path, dtype=dtype, attn_implementation=attention, quantization_config=quantization
+    )
+
+
+def load_for_stage(cfg: TrainConfig, stage: StageConfig) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """The model a stage starts from: its `init_from` checkpoint, or a fresh assembly of the base models."""
+    if stage.init_from is None:
+        if stage.method == "qlora":
+            raise ValueError("qlora needs init_from: a saved Llava checkpoint (e.g. the stage-1 final dir)")
+        return build_base_model(cfg)
+    init = Path(stage.init_from)
+    if not (init / "config.json").exists():
+        raise FileNotFoundError(f"init_from {init} holds no Llava checkpoint (config.json); run the previous stage")
+    model = load_model(
+        init, resolve_dtype(cfg.dtype), resolve_attention(cfg.attn_implementation), stage.method == "qlora"
+    )
+    processor = AutoProcessor.from_pretrained(init)
+    processor.tokenizer.model_max_length = cfg.model_max_length
+    return model, processor

@@ -1,0 +1,64 @@
+"""Conversation templates: a conversation becomes text segments, each marked as target (trained) or not.
+
+`plain` (stage 1): `<image>` then the caption and a newline, as in LLaVA's pretraining.
+`vicuna_v1` (stage 2): "SYSTEM USER: q ASSISTANT: a</s>USER: ..." as in LLaVA's `conv_vicuna_v1`.
+Only assistant replies and their end-of-turn token are targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of the rendered conversation; `target` pieces receive labels."""
+
+    text: str
+    target: bool
+
+
+def _turns(conversations: list[dict], sample_id: str) -> list[tuple[str, str]]:
+    turns = []
+    for index, turn in enumerate(conversations):
+        role = ROLES.get(str(turn.get("from", "")).lower())
+        if role is None:
+            raise ValueError(f"sample {sample_id}: conversations[{index}].from={turn.get('from')!r} is not human/gpt")
+        expected = "user" if index % 2 == 0 else "assistant"
+        if role != expected:
+            raise ValueError(
+                f"sample {sample_id}: conversations[{index}] should be from {expected}, roles must alternate"
+            )
+        turns.append((role, str(turn.get("value", ""))))
+    if not turns or turns[-1][0] != "assistant":
+        raise ValueError(f"sample {sample_id}: conversation must end with an assistant (gpt) reply")
+    return turns
+
+
+def plain(conversations: list[dict], sample_id: str, eos: str) -> list[Segment]:
+    """Stage-1 template: image, then the caption (the first assistant reply), then a newline."""
+    turns = _turns(conversations, sample_id)
+    prompt = "<image>" if "<image>" in turns[0][1] else ""
+    return [Segment(prompt, False), Segment(turns[1][1].strip() + "\n", True)]
+
+
+def vicuna_v1(conversations: list[dict], sample_id: str, eos: str) -> list[Segment]:
+    """Stage-2 template, LLaVA's `conv_vicuna_v1` (sep " ", sep2 = the tokenizer's eos)."""
+    segments = [Segment(VICUNA_SYSTEM + " ", False)]
+    for role, text in _turns(conversations, sample_id):
+        if role == "user":
+            segments.append(Segment(f"USER: {text.strip()} ASSISTANT:", False))
+        else:
+            # The leading space belongs to the reply: word-piece tokenizers attach it to the first word.
+            segments.append(Segment(f" {text.strip()}{eos}", True))
+    return segments
+
+
+TEMPLATES: dict[str, Callable[[list[dict], str, str], list[Segment]]] = {"plain": plain, "vicuna_v1": vicuna_v1}
