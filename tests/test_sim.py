@@ -277,6 +277,17 @@ def test_a_hang_outlasts_the_client_timeout_and_is_logged_unanswered():
     assert time.monotonic() - stop_started < 5  # stopping releases hanging requests
 
 
+def test_a_client_that_times_out_during_latency_is_logged_as_499_not_200():
+    with start_simulator(SimConfig(latency_ms=1500)) as handle:
+        client = openai.OpenAI(base_url=handle.base_url, api_key="k", max_retries=0, timeout=0.3)
+        with pytest.raises(openai.APITimeoutError):
+            client.chat.completions.create(model="m", messages=messages(BEACH))
+        deadline = time.monotonic() + 5
+        while not handle.log and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [r.status for r in handle.log] == [499]
+
+
 def test_latency_distributions_have_the_requested_mean():
     keys = range(4000)
     for kind in ("uniform", "lognormal"):

@@ -120,6 +120,12 @@ class SimulatorApp:
         delay = sim.dice.latency_s(request.body_key, entry.attempt)
         if delay > 0:
             await asyncio.sleep(delay)
+            if await http.is_disconnected():
+                # The client gave up (timeout) before the answer was ready: log it as nginx's 499,
+                # so "served with 200" in the log always means an answer was handed over.
+                entry.status = 499
+                sim.record(entry)
+                return Response(status_code=499)
         entry.status = 200
         entry.completion_tokens = usage["completion_tokens"]
         entry.cached_tokens = usage["prompt_tokens_details"]["cached_tokens"]

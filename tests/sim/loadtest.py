@@ -1,10 +1,13 @@
 """Measure the simulator's own throughput: `python -m tests.sim.loadtest --requests 20000`.
 
 Starts the simulator as a separate process at zero latency, sends chat completions shaped like
-vistune's (a ~1,100-token static prefix of system prompt and few-shot examples, then a per-image
-user message; every body distinct) from a few client processes running asyncio + httpx, and
-reports requests per second and the server's CPU time per request (psutil). The server is one
-process on one core, so 1 / (CPU per request) is the rate it can sustain with a core to itself.
+vistune's (a ~1,300-token static prefix of system prompt and few-shot examples, then a per-image
+user message; every body distinct) from a few client processes, and reports requests per second
+and the server's CPU time per request (psutil). The server is one process on one core, so
+1 / (CPU per request) is the rate it can sustain with a core to itself; wall-clock rates depend
+on what else the machine runs. Clients: `httpx` (asyncio, like the openai SDK; costs more CPU
+than the server) or `raw` (pre-encoded HTTP/1.1 keep-alive requests over asyncio streams, a
+wrk-style generator so that the client is not the bottleneck).
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import re
 import time
+from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import psutil
 
 from tests.sim.config import SimConfig
@@ -25,7 +31,7 @@ SYSTEM = (
     "You are an AI visual assistant looking at one image. You receive several captions and object boxes. "
     "Write a conversation between a person asking about the image and an assistant answering as if it sees "
     "the image. Ask diverse questions and give detailed answers. "
-) * 12
+) * 20
 EXAMPLE_USER = "A man riding a brown horse on a sandy beach.\nperson: [0.1, 0.2, 0.3, 0.4]\nhorse: [0.2, 0.3, 0.5, 0.9]"
 EXAMPLE_ANSWER = "Question:\nWhat is the man riding?\n===\nAnswer:\nThe man is riding a brown horse along the beach."
 
@@ -70,16 +76,42 @@ async def _client(base_url: str, start: int, count: int, concurrency: int, struc
     return ok
 
 
-def _client_process(args: tuple[str, int, int, int, bool]) -> int:
-    return asyncio.run(_client(*args))
+_CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 
 
-def run(requests: int, clients: int, concurrency: int, structured: bool, token_counter: str) -> dict:
+async def _raw_client(base_url: str, start: int, count: int, concurrency: int, structured: bool) -> int:
+    ok = 0
+    queue = iter(range(start, start + count))
+    url = urlsplit(base_url)
+    head = f"POST {url.path}/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+
+    async def connection() -> None:
+        nonlocal ok
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        for i in queue:
+            body = orjson.dumps(request_body(i, structured))
+            writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            response_head = await reader.readuntil(b"\r\n\r\n")
+            match = _CONTENT_LENGTH.search(response_head)
+            await reader.readexactly(int(match.group(1)) if match else 0)
+            ok += response_head.startswith(b"HTTP/1.1 200")
+        writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    return ok
+
+
+def _client_process(args: tuple[str, str, int, int, int, bool]) -> int:
+    kind, *rest = args
+    return asyncio.run((_raw_client if kind == "raw" else _client)(*rest))
+
+
+def run(requests: int, clients: int, concurrency: int, structured: bool, token_counter: str, client: str) -> dict:
     """Send `requests` requests and return the measured figures."""
     with start_simulator_process(SimConfig(token_counter=token_counter)) as sim:
         server = psutil.Process(sim.pid)
         per_client = requests // clients
-        jobs = [(sim.base_url, k * per_client, per_client, concurrency, structured) for k in range(clients)]
+        jobs = [(client, sim.base_url, k * per_client, per_client, concurrency, structured) for k in range(clients)]
         cpu_before = sum(server.cpu_times()[:2])
         started = time.perf_counter()
         with multiprocessing.get_context("spawn").Pool(clients) as pool:
@@ -91,6 +123,7 @@ def run(requests: int, clients: int, concurrency: int, structured: bool, token_c
         "requests": per_client * clients,
         "ok": ok,
         "served_in_log": served,
+        "client": f"{clients}x{client}",
         "structured": structured,
         "token_counter": token_counter,
         "wall_s": round(wall, 2),
@@ -107,8 +140,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="in-flight requests per client")
     parser.add_argument("--structured", action="store_true", help="ask for json_schema output")
     parser.add_argument("--token-counter", choices=["tiktoken", "approx"], default="tiktoken")
+    parser.add_argument("--client", choices=["httpx", "raw"], default="raw")
     args = parser.parse_args()
-    print(json.dumps(run(args.requests, args.clients, args.concurrency, args.structured, args.token_counter)))
+    figures = run(args.requests, args.clients, args.concurrency, args.structured, args.token_counter, args.client)
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
