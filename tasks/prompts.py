@@ -67,9 +67,8 @@ class ImageContext:
     objects: tuple[ObjectBox, ...] = ()
 
 
-@dataclass(frozen=True)
-class PromptExample:
-    """One few-shot pair: an invented image context and the ideal answer for it."""
+class PromptExample(NamedTuple):
+    """One few-shot pair `(context, output)`: an invented image context and the ideal answer for it."""
 
     context: ImageContext
     output: SampleOutput

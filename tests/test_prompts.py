@@ -247,10 +247,11 @@ def test_system_text_says_how_to_format(type_name: str) -> None:
 @pytest.mark.parametrize("type_name", list(SAMPLE_TYPES))
 def test_example_contexts_and_answers_follow_the_rules(type_name: str) -> None:
     template = load_template(type_name)
-    for example in template.examples:
-        assert len(example.context.captions) == 5
-        assert bool(example.context.objects) == SAMPLE_TYPES[type_name].sees_boxes
-        answer = example.output.model_dump_json().lower()
+    for context, output in template.examples:  # (context, output) pairs
+        assert isinstance(output, SAMPLE_TYPES[type_name].output_model)
+        assert len(context.captions) == 5
+        assert bool(context.objects) == SAMPLE_TYPES[type_name].sees_boxes
+        answer = output.model_dump_json().lower()
         for banned in ("caption", "bounding box", "coordinate", "description says", "0."):
             assert banned not in answer, f"{type_name} example mentions {banned!r}"
 
