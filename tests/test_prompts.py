@@ -20,7 +20,7 @@ from flows.cli import get_app
 from schemas.samples import SAMPLE_TYPES
 from tasks import prompts, store, tokens
 from tasks.coco import ingest
-from tasks.formats import OUTPUT_FORMATS, parse
+from tasks.formats import OUTPUT_FORMATS, parse, render
 from tasks.prompts import (
     ImageContext,
     ObjectBox,
@@ -254,6 +254,17 @@ def test_example_contexts_and_answers_follow_the_rules(type_name: str) -> None:
         answer = output.model_dump_json().lower()
         for banned in ("caption", "bounding box", "coordinate", "description says", "0."):
             assert banned not in answer, f"{type_name} example mentions {banned!r}"
+
+
+@pytest.mark.parametrize("type_name", list(SAMPLE_TYPES))
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_example_answers_pass_curation(type_name: str, output_format: str) -> None:
+    """The ideal answers we show the model must survive our own validation and content rules."""
+    validate = pytest.importorskip("tasks.validate", reason="curation (tasks/validate.py) not in this tree")
+    for i, (_, output) in enumerate(load_template(type_name).examples):
+        result = validate.validate_output(type_name, output_format, render(output, output_format), "stop")
+        assert result.rejects == [], f"{type_name} example {i} is rejected: {result.rejects}"
+        assert result.output == output
 
 
 def copy_prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
