@@ -1,0 +1,130 @@
+"""Validation: raw LLM responses -> `samples` rows, or `rejects` rows with one reason code each.
+
+`validate_output` is pure (used by `vistune validate-text` and by anyone checking one response);
+`validate_pending` runs it over every response with content that has neither a sample nor a reject yet,
+so reruns add nothing. The content rules live in `tasks/rules.py`, their thresholds in
+`schemas.curation.ContentThresholds`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.curation import ContentThresholds, Reject, RejectCode, ValidationResult
+from schemas.samples import SampleOutput, question_answer_pairs
+from schemas.tables import RejectRow, SampleRow
+from tasks.formats import OutputFormatError, parse
+from tasks.rules import CONTENT_RULES, REFUSAL_PATTERNS
+from tasks.store import insert_rows, read, stable_hash, utcnow, write
+
+# Provider finish reasons that mean the text is not the model's complete answer.
+_FINISH_REJECTS = {"length": RejectCode.TRUNCATED, "content_filter": RejectCode.CONTENT_FILTER}
+
+
+def validate_output(
+    sample_type: str,
+    output_format: str,
+    content: str | None,
+    finish_reason: str | None = None,
+    thresholds: ContentThresholds | None = None,
+) -> ValidationResult:
+    """Parse one raw response and apply every content rule; `output` is set only when nothing failed."""
+    thresholds = thresholds or ContentThresholds()
+    rejects: list[Reject] = []
+    if finish_reason in _FINISH_REJECTS:
+        rejects.append(Reject(code=_FINISH_REJECTS[finish_reason], detail=f"finish_reason is {finish_reason!r}"))
+    if content is None or not content.strip():
+        return ValidationResult(rejects=[*rejects, Reject(code=RejectCode.EMPTY, detail="response has no content")])
+    try:
+        output = parse(sample_type, output_format, content)
+    except OutputFormatError as exc:
+        rejects.append(Reject(code=RejectCode.MALFORMED, detail=f"{output_format} {sample_type}: {exc}"))
+        # A refusal is usually plain prose, so it fails to parse; say so rather than only "malformed".
+        if any(p.search(content) for p in REFUSAL_PATTERNS):
+            rejects.append(Reject(code=RejectCode.REFUSAL, detail=f"unparsed content refuses: {content[:80]!r}"))
+        return ValidationResult(rejects=rejects)
+    turns = question_answer_pairs(output)
+    codes = {r.code for r in rejects}
+    for rule in CONTENT_RULES:
+        rejects.extend(r for r in rule(turns, sample_type, thresholds) if r.code not in codes)
+        codes = {r.code for r in rejects}
+    return ValidationResult(output=None if rejects else output, rejects=rejects)
+
+
+def sample_text(output: SampleOutput) -> str:
+    """All question and answer text of a sample, one turn per line: the input to dedup."""
+    return "\n".join(text for pair in question_answer_pairs(output) for text in pair if text is not None)
+
+
+def sample_id_for(response_id: str) -> str:
+    """A sample's id, derived from its response so reruns produce the same id."""
+    return stable_hash("sample", response_id)
+
+
+@dataclass
+class ValidateStats:
+    """What one `validate_pending` call did."""
+
+    checked: int = 0
+    samples: int = 0
+    rejected: int = 0
+    reject_codes: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for logs and Prefect artifacts)."""
+        return asdict(self)
+
+
+_PENDING_SQL = """
+SELECT r.response_id, r.request_id, r.content, r.finish_reason, r.status,
+       q.image_id, q.sample_type, q.prompt_version, q.model, q.output_format
+FROM responses r JOIN requests q USING (request_id)
+WHERE r.content IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.response_id = r.response_id)
+  AND NOT EXISTS (SELECT 1 FROM rejects j WHERE j.response_id = r.response_id)
+ORDER BY r.response_id
+"""
+
+
+def validate_pending(
+    db_path: str | Path | None = None, thresholds: ContentThresholds | None = None, batch_size: int = 5000
+) -> ValidateStats:
+    """Validate every response with content not yet turned into a sample or a reject; idempotent."""
+    stats = ValidateStats()
+    codes: Counter[str] = Counter()
+    with write(db_path):  # creates / migrates the file so the read below finds the tables
+        pass
+    with read(db_path) as con:
+        cursor = con.execute(_PENDING_SQL)
+        names = [d[0] for d in cursor.description]
+        pending = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for start in range(0, len(pending), batch_size):
+        samples: list[SampleRow] = []
+        rejects: list[RejectRow] = []
+        now = utcnow()
+        for row in pending[start : start + batch_size]:
+            result = validate_output(row["sample_type"], row["output_format"], row["content"], row["finish_reason"],
+                                     thresholds)
+            if result.ok:
+                samples.append(SampleRow(
+                    sample_id=sample_id_for(row["response_id"]), request_id=row["request_id"],
+                    response_id=row["response_id"], image_id=row["image_id"], sample_type=row["sample_type"],
+                    prompt_version=row["prompt_version"], model=row["model"],
+                    data=result.output.model_dump(), text=sample_text(result.output), created_at=now,
+                ))
+            for reject in result.rejects:
+                codes[reject.code.value] += 1
+                rejects.append(RejectRow(
+                    response_id=row["response_id"], request_id=row["request_id"], image_id=row["image_id"],
+                    sample_type=row["sample_type"], code=reject.code.value, detail=reject.detail, created_at=now,
+                ))
+        with write(db_path) as con:  # one short transaction per batch
+            stats.samples += insert_rows(con, SampleRow, samples)
+            insert_rows(con, RejectRow, rejects)
+        stats.checked += len(pending[start : start + batch_size])
+        stats.rejected += len({r.response_id for r in rejects})
+    stats.reject_codes = dict(sorted(codes.items()))
+    return stats
