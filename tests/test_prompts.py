@@ -230,6 +230,16 @@ def test_assistant_examples_are_in_the_requested_format(type_name: str, output_f
 
 
 @pytest.mark.parametrize("type_name", list(SAMPLE_TYPES))
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_shared_prefix_is_long_enough_for_provider_prompt_caching(type_name: str, output_format: str) -> None:
+    # OpenAI caches prefixes from 1,024 tokens; o200k models count a few percent below cl100k, hence the margin.
+    messages, _ = build_messages(hand_context(), type_name, output_format)
+    prefix = tokens.count_message_tokens(messages[:-1], "my-local-llama") - tokens.REPLY_PRIMING
+    assert tokens.encoding_name("my-local-llama") == tokens.OFFLINE_ENCODING
+    assert prefix >= 1100
+
+
+@pytest.mark.parametrize("type_name", list(SAMPLE_TYPES))
 def test_system_text_says_how_to_format(type_name: str) -> None:
     template = load_template(type_name)
     structured = template.system_text("structured")
