@@ -1,0 +1,174 @@
+"""Export: the `dataset` view -> LLaVA-format json (all types and one file per type), stage-1 caption
+pairs, and Parquet copies of each.
+
+Files written to `out_dir` (names in `export_files()`):
+- `llava_instruct.json`: every surviving sample, ordered by `sample_id` (a stable shuffle of the mix);
+- `llava_instruct_<type>.json`: the same records, one file per sample type;
+- `llava_pretrain.json`: one image-caption pair per image (stage 1, LLaVA's `plain` template reads only
+  the image and the caption), the caption drawn from the image's COCO captions;
+- the same stems as `.parquet` (`datasets.load_dataset("parquet", data_files=...)`).
+
+`image` is `<split>/<file_name>` relative to `image_root`: the COCO folder holding `train2017/` and
+`val2017/` (the `coco_root` recorded at ingest), which is also training's `image_root`.
+
+A sample type's export rule is data: its (question, answer) turns come from
+`schemas.samples.question_answer_pairs`, and a turn without a question (a detail description) gets an
+instruction drawn from `tasks/instructions/<type>.txt`. Every random choice (instruction, caption,
+`<image>` before or after the first question) is drawn from a generator seeded by (seed, record id),
+so the same database and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.llava import IMAGE_PLACEHOLDER, LlavaRecord, LlavaTurn
+from schemas.samples import SAMPLE_TYPES, question_answer_pairs, sample_type
+from tasks.store import read, write
+
+INSTRUCTIONS_DIR = Path(__file__).parent / "instructions"
+INSTRUCT_FILE = "llava_instruct"
+PRETRAIN_FILE = "llava_pretrain"
+PRETRAIN_INSTRUCTIONS = "brief_caption"
+_PARQUET_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("image", pa.string()),
+    ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
+])
+
+
+@cache
+def instructions(name: str) -> tuple[str, ...]:
+    """The instruction phrasings in `tasks/instructions/<name>.txt` (comments and blank lines skipped)."""
+    path = INSTRUCTIONS_DIR / f"{name}.txt"
+    if not path.exists():
+        raise FileNotFoundError(f"no instruction list {path}: a turn without a question needs one (one per line)")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    phrasings = tuple(line for line in lines if line and not line.startswith("#"))
+    if not phrasings:
+        raise ValueError(f"{path} has no instructions")
+    return phrasings
+
+
+def _rng(seed: int, record_id: str) -> random.Random:
+    return random.Random(f"{seed}:{record_id}")
+
+
+def _with_image(text: str, rng: random.Random) -> str:
+    # LLaVA's data puts the placeholder before or after the first question at random.
+    return f"{IMAGE_PLACEHOLDER}\n{text}" if rng.random() < 0.5 else f"{text}\n{IMAGE_PLACEHOLDER}"
+
+
+def image_path(split: str, file_name: str) -> str:
+    """An image's path relative to the image root."""
+    return f"{split}/{file_name}"
+
+
+def instruct_record(sample_id: str, type_name: str, data: dict[str, Any], image: str, seed: int) -> LlavaRecord:
+    """One dataset sample as a LLaVA record."""
+    output = sample_type(type_name).output_model.model_validate(data)
+    rng = _rng(seed, sample_id)
+    turns: list[LlavaTurn] = []
+    for index, (question, answer) in enumerate(question_answer_pairs(output)):
+        human = question if question is not None else rng.choice(instructions(type_name))
+        if index == 0:
+            human = _with_image(human, rng)
+        turns += [LlavaTurn(speaker="human", value=human), LlavaTurn(speaker="gpt", value=answer)]
+    return LlavaRecord(id=sample_id, image=image, conversations=turns)
+
+
+def pretrain_record(image_id: int, captions: list[str], image: str, seed: int) -> LlavaRecord:
+    """One image-caption pair for stage 1: a brief-caption instruction with the image, then the caption."""
+    record_id = f"{image_id:012d}"
+    rng = _rng(seed, record_id)
+    caption = rng.choice(sorted(c.strip() for c in captions))
+    human = _with_image(rng.choice(instructions(PRETRAIN_INSTRUCTIONS)), rng)
+    return LlavaRecord(id=record_id, image=image, conversations=[
+        LlavaTurn(speaker="human", value=human), LlavaTurn(speaker="gpt", value=caption)])
+
+
+@dataclass
+class ExportResult:
+    """What `export` wrote: file paths, record counts, and images not found under the image root."""
+
+    out_dir: str
+    image_root: str
+    paths: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    missing_images: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for logs and Prefect artifacts); lists only the first missing images."""
+        out = asdict(self)
+        out["missing_images"] = self.missing_images[:20]
+        out["missing_image_count"] = len(self.missing_images)
+        return out
+
+
+def export_files() -> list[str]:
+    """The file stems `export` writes, each as `.json` and `.parquet`."""
+    return [INSTRUCT_FILE, *(f"{INSTRUCT_FILE}_{name}" for name in SAMPLE_TYPES), PRETRAIN_FILE]
+
+
+def _write_json(path: Path, records: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _write_parquet(path: Path, records: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(pa.Table.from_pylist(records, schema=_PARQUET_SCHEMA), tmp, compression="zstd")
+    tmp.replace(path)
+
+
+def export(
+    db_path: str | Path | None, out_dir: str | Path, image_root: str | Path, seed: int = 0
+) -> ExportResult:
+    """Write the LLaVA json / Parquet files for the `dataset` view and the stage-1 caption pairs."""
+    out, root = Path(out_dir), Path(image_root)
+    out.mkdir(parents=True, exist_ok=True)
+    with write(db_path):  # create / migrate so an empty database exports empty files
+        pass
+    with read(db_path) as con:
+        samples = con.execute("""
+            SELECT d.sample_id, d.sample_type, d.data, i.split, i.file_name
+            FROM dataset d JOIN images i USING (image_id) ORDER BY d.sample_id
+        """).fetchall()
+        orphans = con.execute(
+            "SELECT count(*) FROM dataset d WHERE NOT EXISTS (SELECT 1 FROM images i WHERE i.image_id = d.image_id)"
+        ).fetchall()[0][0]
+        captions = con.execute("""
+            SELECT i.image_id, i.split, i.file_name, list(c.caption ORDER BY c.caption_id)
+            FROM images i JOIN captions c USING (image_id) GROUP BY ALL ORDER BY i.image_id
+        """).fetchall()
+    if orphans:
+        raise ValueError(f"{orphans} dataset samples have no row in `images`: ingest their COCO split first")
+    by_type: dict[str, list[dict[str, Any]]] = {name: [] for name in SAMPLE_TYPES}
+    everything: list[dict[str, Any]] = []
+    for sample_id, type_name, data, split, file_name in samples:
+        record = instruct_record(sample_id, type_name, json.loads(data), image_path(split, file_name), seed).to_json()
+        everything.append(record)
+        by_type.setdefault(type_name, []).append(record)
+    pretrain = [pretrain_record(image_id, caps, image_path(split, name), seed).to_json()
+                for image_id, split, name, caps in captions]
+    outputs = {INSTRUCT_FILE: everything, PRETRAIN_FILE: pretrain,
+               **{f"{INSTRUCT_FILE}_{name}": records for name, records in by_type.items()}}
+    result = ExportResult(out_dir=str(out), image_root=str(root))
+    for stem, records in outputs.items():
+        for suffix, writer in ((".json", _write_json), (".parquet", _write_parquet)):
+            path = out / f"{stem}{suffix}"
+            writer(path, records)
+            result.paths.append(str(path))
+        result.counts[stem] = len(records)
+    images = sorted({r["image"] for r in everything} | {r["image"] for r in pretrain})
+    result.missing_images = [rel for rel in images if not (root / rel).is_file()]
+    return result

@@ -1,0 +1,169 @@
+"""The dataset report: what the curated data holds and what it cost, as markdown, tables and PNG plots.
+
+`build_report` reads the database only and writes `report.md` plus PNGs into the export folder. The
+curate flow shows the same markdown and tables in the Prefect UI (`flows/curate.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# `Figure` renders with Agg and keeps no global pyplot state: safe on servers, workers and threads.
+from matplotlib.figure import Figure
+
+from schemas.samples import SAMPLE_TYPES, question_answer_pairs, sample_type
+from tasks.store import read, write
+
+REPORT_FILE = "report.md"
+
+
+@dataclass
+class Report:
+    """The report's markdown, its tables (name -> rows as dicts) and the PNG files it wrote."""
+
+    markdown: str
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+    path: Path | None = None
+
+
+def _rows(con, sql: str) -> list[dict[str, Any]]:
+    cursor = con.execute(sql)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_none_\n"
+    header = list(rows[0])
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.2f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(r[h]) for h in header) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def type_mix(counts: dict[str, int]) -> list[dict[str, Any]]:
+    """Samples per type against LLaVA-Instruct-158K's mix."""
+    total = sum(counts.values()) or 1
+    paper_total = sum(t.paper_count for t in SAMPLE_TYPES.values())
+    return [
+        {"sample_type": name, "samples": counts.get(name, 0), "share": round(counts.get(name, 0) / total, 4),
+         "llava_158k": t.paper_count, "llava_share": round(t.paper_count / paper_total, 4)}
+        for name, t in SAMPLE_TYPES.items()
+    ]
+
+
+def _answer_lengths(samples: list[tuple[str, str]]) -> tuple[dict[str, list[int]], dict[int, int]]:
+    lengths: dict[str, list[int]] = {name: [] for name in SAMPLE_TYPES}
+    rounds: dict[int, int] = {}
+    for type_name, data in samples:
+        output = sample_type(type_name).output_model.model_validate(json.loads(data))
+        pairs = question_answer_pairs(output)
+        lengths.setdefault(type_name, []).extend(len(answer.split()) for _, answer in pairs)
+        if type_name == "conversation":
+            rounds[len(pairs)] = rounds.get(len(pairs), 0) + 1
+    return lengths, rounds
+
+
+def _plot_lengths(lengths: dict[str, list[int]], path: Path) -> Path:
+    fig = Figure(figsize=(4 * len(lengths), 3))
+    axes = fig.subplots(1, len(lengths), squeeze=False)
+    for ax, (name, values) in zip(axes[0], lengths.items(), strict=True):
+        ax.hist(values or [0], bins=30, color="#4C72B0")
+        ax.set_title(f"{name} (n={len(values)})", fontsize=9)
+        ax.set_xlabel("answer length (words)")
+    axes[0][0].set_ylabel("answers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, metadata={"Software": None})
+    return path
+
+
+def _plot_mix(mix: list[dict[str, Any]], path: Path) -> Path:
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
+    names = [r["sample_type"] for r in mix]
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [r["share"] for r in mix], width=0.4, label="this dataset")
+    ax.bar([i + 0.2 for i in x], [r["llava_share"] for r in mix], width=0.4, label="LLaVA-Instruct-158K")
+    ax.set_xticks(list(x), names, fontsize=8)
+    ax.set_ylabel("share of samples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, metadata={"Software": None})
+    return path
+
+
+def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
+    """Counts per type vs LLaVA's mix, rounds, answer lengths, rejects, cost and dedup, written to out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with write(db_path):  # create / migrate so an empty database reports zeros
+        pass
+    with read(db_path) as con:
+        counts = dict(con.execute("SELECT sample_type, count(*) FROM dataset GROUP BY 1").fetchall())
+        samples = con.execute("SELECT sample_type, data FROM dataset ORDER BY sample_id").fetchall()
+        funnel = _rows(con, """
+            SELECT (SELECT count(*) FROM requests) AS requests,
+                   (SELECT count(*) FROM responses) AS responses,
+                   (SELECT count(*) FROM responses WHERE content IS NOT NULL) AS with_content,
+                   (SELECT count(*) FROM samples) AS valid_samples,
+                   (SELECT count(DISTINCT response_id) FROM rejects) AS rejected_responses,
+                   (SELECT count(*) FROM duplicates) AS duplicates,
+                   (SELECT count(*) FROM dataset) AS dataset
+        """)
+        rejects = _rows(con, """
+            SELECT code, count(*) AS responses,
+                   round(count(*) / greatest((SELECT count(*) FROM responses WHERE content IS NOT NULL), 1), 4) AS rate
+            FROM rejects GROUP BY code ORDER BY responses DESC, code
+        """)
+        cost = _rows(con, """
+            SELECT q.model, count(*) AS responses, sum(r.prompt_tokens) AS prompt_tokens,
+                   sum(r.completion_tokens) AS completion_tokens, sum(r.cached_tokens) AS cached_tokens,
+                   round(sum(r.cost_usd), 4) AS cost_usd,
+                   round(sum(r.cost_usd) / greatest((SELECT count(*) FROM dataset d WHERE d.model = q.model), 1), 6)
+                       AS usd_per_kept_sample
+            FROM responses r JOIN requests q USING (request_id) GROUP BY q.model ORDER BY q.model
+        """)
+        dedup = _rows(con, """
+            SELECT method, scope, count(*) AS removed,
+                   round(count(*) / greatest((SELECT count(*) FROM samples), 1), 4) AS rate,
+                   round(avg(similarity), 4) AS mean_similarity
+            FROM duplicates GROUP BY method, scope ORDER BY method, scope
+        """)
+    mix = type_mix(counts)
+    lengths, rounds = _answer_lengths(samples)
+    length_rows = [
+        {"sample_type": name, "answers": len(v), "mean_words": round(sum(v) / len(v), 1) if v else 0.0,
+         "min_words": min(v, default=0), "max_words": max(v, default=0)}
+        for name, v in lengths.items()
+    ]
+    round_rows = [{"rounds": k, "conversations": v} for k, v in sorted(rounds.items())]
+    tables = {"funnel": funnel, "type_mix": mix, "rounds_per_conversation": round_rows,
+              "answer_lengths": length_rows, "reject_reasons": rejects, "cost": cost, "dedup": dedup}
+    plots = [_plot_mix(mix, out / "type_mix.png"), _plot_lengths(lengths, out / "answer_lengths.png")]
+    total_cost = sum(r["cost_usd"] or 0 for r in cost)
+    sections = [
+        "# Dataset report\n",
+        f"{funnel[0]['dataset']:,} samples in the dataset; total LLM cost ${total_cost:,.4f}.\n",
+        "## Funnel\n", _markdown_table(funnel),
+        "## Sample types vs LLaVA-Instruct-158K (58K / 23K / 77K)\n", _markdown_table(mix),
+        "![type mix](type_mix.png)\n",
+        "## Rounds per conversation\n", _markdown_table(round_rows),
+        "## Answer lengths\n", _markdown_table(length_rows), "![answer lengths](answer_lengths.png)\n",
+        "## Reject reasons (a response can have several)\n", _markdown_table(rejects),
+        "## Cost\n", _markdown_table(cost),
+        "## Dedup\n", _markdown_table(dedup),
+    ]
+    markdown = "\n".join(sections)
+    path = out / REPORT_FILE
+    path.write_text(markdown, encoding="utf-8")
+    return Report(markdown=markdown, tables=tables, plots=plots, path=path)
