@@ -113,3 +113,56 @@ def test_a_request_bigger_than_the_bucket_still_goes_when_full(tmp_path: Path, b
     limiter = SharedRateLimiter(tmp_path / "big.sqlite", tpm=600, burst_s=burst_s)  # 10 tokens/s
     assert limiter.try_acquire(tokens=10_000) == 0
     assert limiter.try_acquire(tokens=1) > 0
+
+
+# A generation worker: sends its share of the planned requests through the shared bucket.
+_GENERATE_WORKER = """
+import json, sys, time
+from schemas.generation import GenerateConfig
+from tasks.generate import run_requests_sync
+from tasks.shared_limiter import SharedRateLimiter
+db, bucket, base_url, ids_file, rpm, start_at = sys.argv[1:7]
+limiter = SharedRateLimiter(bucket, rpm=float(rpm))
+config = GenerateConfig(model="gpt-4o-mini", base_url=base_url, rpm=float(rpm), concurrency=16)
+time.sleep(max(0.0, float(start_at) - time.time()))
+stats = run_requests_sync(json.load(open(ids_file)), db_path=db, config=config, limiter=limiter)
+print(json.dumps({"done": stats.done, "failed": stats.failed}))
+"""
+
+
+@pytest.mark.coco_mini
+def test_two_generation_workers_stay_within_the_limit_together(tmp_path: Path, coco_mini: Path) -> None:
+    from tasks.coco import ingest
+    from tasks.plan import plan_requests
+    from tests.sim import SimConfig, start_simulator
+
+    db = tmp_path / "vistune.duckdb"
+    ingest(coco_mini, "train2017", db)
+    ids = plan_requests(db, sample_types=["conversation", "detail_description", "complex_reasoning"],
+                        model="gpt-4o-mini", limit_images=20).request_ids
+    assert len(ids) == 60
+    rpm = 600.0  # 10 req/s for both workers together; each alone would be allowed all of it
+    halves = [ids[0::2], ids[1::2]]
+    for i, half in enumerate(halves):
+        (tmp_path / f"ids{i}.json").write_text(json.dumps(half))
+    bucket = tmp_path / "bucket.sqlite"
+    SharedRateLimiter(bucket, rpm=rpm)
+    with start_simulator(SimConfig()) as sim:  # no limit at the server: we measure what the clients send
+        start_at = time.time() + 6  # both workers have imported openai and duckdb by then
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _GENERATE_WORKER, str(db), str(bucket), sim.base_url,
+                              str(tmp_path / f"ids{i}.json"), str(rpm), str(start_at)],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)
+        ]
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
+            assert json.loads(out.strip().splitlines()[-1]) == {"done": 30, "failed": 0}
+        stamps = [r.time for r in list(sim.log) if r.path == "/v1/chat/completions"]
+    assert len(stamps) == 60
+    # 10/s with a 1 s burst: any 3-second window holds at most 3 x 10 + 10 requests, plus a few
+    # whose arrival a busy machine delayed into the window. Two independent limiters at 600 RPM
+    # each would finish all 60 within about 2 s.
+    assert max_in_window(stamps, 3.0) <= 48
+    assert max(stamps) - min(stamps) >= (60 - 10) / 10 * 0.9
