@@ -113,6 +113,15 @@ class ExportResult:
         return out
 
 
+def default_image_root(db_path: str | Path | None) -> Path:
+    """The COCO folder the images were ingested from, when they all come from one."""
+    with read(db_path) as con:
+        roots = [r[0] for r in con.execute("SELECT DISTINCT coco_root FROM images ORDER BY 1").fetchall()]
+    if len(roots) != 1:
+        raise ValueError(f"images come from {len(roots)} COCO folders {roots}: pass --image-root explicitly")
+    return Path(roots[0])
+
+
 def export_files() -> list[str]:
     """The file stems `export` writes, each as `.json` and `.parquet`."""
     return [INSTRUCT_FILE, *(f"{INSTRUCT_FILE}_{name}" for name in SAMPLE_TYPES), PRETRAIN_FILE]

@@ -1,0 +1,121 @@
+"""`vistune validate-text`, `vistune curate` and `vistune export`: checking, cleaning and exporting samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows.cli import app
+from tasks import store
+from tasks.formats import OUTPUT_FORMATS
+
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    Path | None, typer.Option("--db", help="DuckDB file (default: $VISTUNE_DB or data/vistune.duckdb)")
+]
+ImageRootOption = Annotated[
+    Path | None,
+    typer.Option("--image-root", help="Folder the exported `image` paths are relative to (default: the COCO root "
+                                      "recorded at ingest, holding train2017/ and val2017/)"),
+]
+
+
+@app.command("validate-text")
+def validate_text_command(
+    file: Annotated[Path, typer.Argument(help="A raw LLM response (the message content), '-' for stdin")],
+    sample_type: Annotated[str, typer.Option("--type", help="conversation | detail_description | complex_reasoning")],
+    output_format: Annotated[str, typer.Option("--format", help=" | ".join(OUTPUT_FORMATS))] = "structured",
+    finish_reason: Annotated[str | None, typer.Option(help="The response's finish_reason, if known")] = None,
+) -> None:
+    """Validate one raw LLM response: print the parsed sample as JSON (exit 0) or the reject reasons (exit 1)."""
+    from tasks.validate import validate_output
+
+    content = typer.get_text_stream("stdin").read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    try:
+        result = validate_output(sample_type, output_format, content, finish_reason)
+    except ValueError as exc:  # unknown type or format
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if result.ok:
+        print(json.dumps(result.output.model_dump(), ensure_ascii=False, indent=2))
+        return
+    for reject in result.rejects:
+        print(f"{reject.code.value}: {reject.detail}")
+    raise typer.Exit(1)
+
+
+def _resolve_image_root(image_root: Path | None, db: Path | None) -> Path:
+    from tasks.export import default_image_root
+
+    if image_root is not None:
+        return image_root
+    try:
+        return default_image_root(db)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _print_export(result) -> None:
+    table = Table(title=f"export to {result.out_dir} (images relative to {result.image_root})")
+    table.add_column("file")
+    table.add_column("records", justify="right")
+    for stem, count in result.counts.items():
+        table.add_row(f"{stem}.json / .parquet", f"{count:,}")
+    console.print(table)
+    if result.missing_images:
+        err_console.print(f"[yellow]warning:[/yellow] {len(result.missing_images)} image(s) not found under "
+                          f"{result.image_root}, e.g. {result.missing_images[0]}", highlight=False)
+
+
+@app.command("export")
+def export_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the LLaVA json / parquet files")],
+    image_root: ImageRootOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the instruction / <image> placement draws")] = 0,
+    db: DbOption = None,
+) -> None:
+    """Export the deduplicated dataset as LLaVA json (all types + one file per type), stage-1 pairs and parquet."""
+    from tasks.export import export
+
+    _print_export(export(db, out, _resolve_image_root(image_root, db), seed=seed))
+
+
+@app.command("curate")
+def curate_command(
+    out: Annotated[Path, typer.Option("--out", help="Export folder (json, parquet, report.md, plots)")] = Path(
+        "data/export"
+    ),
+    image_root: ImageRootOption = None,
+    threshold: Annotated[float, typer.Option(help="Near-duplicate Jaccard threshold")] = 0.8,
+    scope: Annotated[str, typer.Option(help="Dedup scope: image (same image and type) or global")] = "image",
+    seed: Annotated[int, typer.Option(help="Seed of the export's random draws")] = 0,
+    db: DbOption = None,
+) -> None:
+    """Validate pending responses, remove duplicates, export, and write the report (no Prefect needed)."""
+    from tasks.dedup import SCOPES, dedup
+    from tasks.export import export
+    from tasks.report import build_report
+    from tasks.validate import validate_pending
+
+    if scope not in SCOPES:
+        err_console.print(f"[red]error:[/red] --scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        raise typer.Exit(2)
+    validated = validate_pending(db)
+    console.print(f"validate: {validated.checked:,} responses checked, {validated.samples:,} new samples, "
+                  f"{validated.rejected:,} rejected {validated.reject_codes or ''}", highlight=False)
+    deduped = dedup(db, threshold=threshold, scope=scope)
+    console.print(f"dedup ({scope}, threshold {threshold}): {deduped.exact_duplicates:,} exact + "
+                  f"{deduped.near_duplicates:,} near duplicates of {deduped.samples:,} samples; "
+                  f"{deduped.survivors:,} kept ({deduped.seconds:.1f} s)", highlight=False)
+    _print_export(export(db, out, _resolve_image_root(image_root, db), seed=seed))
+    report = build_report(db, out)
+    console.print(f"report: {report.path}")
+    console.print(f"database: {store.resolve_db(db)}")
