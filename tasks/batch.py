@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion
 
 from schemas.generation import GenerateConfig, GenerateStats
 from schemas.tables import BatchRow, ResponseRow
@@ -223,11 +222,7 @@ def _response_row(batch: BatchRow, rid: str, record: dict[str, Any], kind: tuple
     common = {"response_id": store.stable_hash(batch.batch_id, rid), "request_id": rid, "attempt": attempt_no,
               "mode": "batch", "created_at": store.utcnow(), "run_id": batch.run_id, "http_status": code}
     if code == 200 and isinstance(body, dict):
-        try:
-            result = llm_client.classify(ChatCompletion.model_validate(body), type_name, output_format)
-        except Exception as exc:
-            return ResponseRow(**common, status="bad_output", content=json.dumps(body)[:20000],
-                               error=f"batch body is not a chat completion: {exc}"[:2000])
+        result = llm_client.classify(body, type_name, output_format)
         cost = pricing.cost_usd(model, result.prompt_tokens, result.completion_tokens, result.cached_tokens,
                                 batch=True)
         return ResponseRow(**common, status=result.status, content=result.content, finish_reason=result.finish_reason,

@@ -246,7 +246,7 @@ async def run_requests(
     if config.max_cost_usd is not None and not pricing.known(config.model):
         raise ValueError(f"--max-cost-usd needs a price for model {config.model!r}: add it to {pricing.PRICES_FILE}")
     run_id = run_id or store.stable_hash("generate", time.time_ns(), length=16)
-    limiter = limiter or LocalRateLimiter(config.rpm, config.tpm, headroom=0.95)
+    limiter = limiter or LocalRateLimiter(config.rpm, config.tpm)
     await asyncio.to_thread(replay_orphans, db)
     started_at = store.utcnow()
     run = RunRow(run_id=run_id, kind="generate", started_at=started_at, params=_run_params(config))

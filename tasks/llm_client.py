@@ -7,14 +7,20 @@ limits are ours (`tasks/generate.py`, `tasks/ratelimit.py`) so every attempt is 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion
+
+try:  # the HTTP library the SDK itself uses: httpx2 in openai 3, httpx before
+    import httpx2 as _http
+except ImportError:  # pragma: no cover - older openai
+    import httpx as _http
 
 from tasks.formats import OutputFormatError, parse
 from tasks.ratelimit import retry_after_s
@@ -26,13 +32,24 @@ MAX_BAD_BODY_CHARS = 20000
 
 
 def make_client(*, base_url: str | None, api_key: str | None, timeout: float) -> openai.AsyncOpenAI:
-    """An AsyncOpenAI with our timeout and no built-in retries (the SDK's pool allows 1,000 connections)."""
+    """An AsyncOpenAI with our timeout and no built-in retries (we retry, so every attempt is recorded).
+
+    It uses the SDK's aiohttp transport when aiohttp is installed (`openai[aiohttp]`): measured
+    here at ~1.0 ms of client CPU per call against ~1.8 ms for the default httpx transport.
+    """
     return openai.AsyncOpenAI(
         base_url=base_url,
         api_key=api_key or "not-needed",  # local servers accept any key; the SDK insists on one
         max_retries=0,
         timeout=timeout,
+        http_client=_aiohttp_client(timeout),
     )
+
+
+def _aiohttp_client(timeout: float) -> Any:
+    if importlib.util.find_spec("aiohttp") is None:
+        return None  # the SDK's default httpx transport
+    return openai.DefaultAioHttpClient(timeout=timeout)
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -61,7 +78,7 @@ class Attempt:
     latency_s: float = 0.0
     error: str | None = None
     retry_after_s: float | None = None  # set for 429
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 async def attempt(
@@ -81,10 +98,14 @@ async def attempt(
     logs it, so tests can tell which request each served call was).
     """
     start = time.perf_counter()
-    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
     try:
-        raw = await client.chat.completions.with_raw_response.create(
-            model=model, messages=messages, extra_headers=headers, **api_params(params)
+        # `post` with a raw response skips the SDK's per-call TypedDict transform of the body, which
+        # walks every message and the JSON schema in Python (~10 ms a request, measured); auth,
+        # base URL, timeouts and error classes are still the SDK's.
+        raw = await client.post(
+            "/chat/completions", cast_to=_http.Response,
+            body={"model": model, "messages": messages, **api_params(params)}, options={"headers": headers},
         )
     except openai.APITimeoutError:
         return Attempt("timeout", latency_s=time.perf_counter() - start, error="no response within the timeout")
@@ -94,39 +115,47 @@ async def attempt(
     except openai.APIStatusError as exc:
         return _status_error(exc, time.perf_counter() - start, api_key)
     latency = time.perf_counter() - start
-    headers = dict(raw.headers)
     try:
-        completion = raw.parse()
-        completion.choices[0]  # an empty choices list is a bad body too
-    except Exception as exc:  # a 200 whose body is not a chat completion: keep the body
+        body = json.loads(raw.content)
+    except ValueError as exc:  # a 200 whose body is not JSON: keep the body
         return Attempt("bad_output", http_status=raw.status_code, content=raw.text[:MAX_BAD_BODY_CHARS],
-                       latency_s=latency, headers=headers,
-                       error=redact(f"response body is not a chat completion: {exc}", api_key)[:MAX_ERROR_CHARS])
-    result = classify(completion, sample_type, output_format)
-    result.http_status, result.latency_s, result.headers = raw.status_code, latency, headers
+                       latency_s=latency, headers=raw.headers,
+                       error=redact(f"response body is not JSON: {exc}", api_key)[:MAX_ERROR_CHARS])
+    result = classify(body, sample_type, output_format)
+    result.http_status, result.latency_s, result.headers = raw.status_code, latency, raw.headers
+    if result.status == "bad_output" and result.content is None:
+        result.content = raw.text[:MAX_BAD_BODY_CHARS]
     return result
 
 
-def classify(completion: ChatCompletion, sample_type: str, output_format: str) -> Attempt:
-    """Status, content and usage of a chat completion (online or from a batch output file)."""
-    choice = completion.choices[0]
-    usage = completion.usage
-    details = getattr(usage, "prompt_tokens_details", None) if usage else None
-    result = Attempt(
-        "ok",
-        http_status=200,
-        content=choice.message.content,
-        finish_reason=choice.finish_reason,
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        cached_tokens=(getattr(details, "cached_tokens", 0) or 0) if details else 0,
-    )
-    refusal = getattr(choice.message, "refusal", None)
+def classify(body: dict[str, Any], sample_type: str, output_format: str) -> Attempt:
+    """Status, content and usage of a chat completion body (online or from a batch output file).
+
+    Read from the JSON dict, not a pydantic model, so providers that add or omit fields still work.
+    """
+    try:
+        choice = body["choices"][0]
+        message = choice.get("message") or {}
+        content = message.get("content")
+        usage = body.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        result = Attempt(
+            "ok",
+            http_status=200,
+            content=content if isinstance(content, str) or content is None else json.dumps(content),
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+        )
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        return Attempt("bad_output", http_status=200, error=f"response is not a chat completion: {exc!r}")
+    refusal = message.get("refusal")
     if refusal:
-        result.status, result.error = "refusal", f"model refused: {refusal[:500]}"
-    elif choice.finish_reason == "length":
+        result.status, result.error = "refusal", f"model refused: {str(refusal)[:500]}"
+    elif result.finish_reason == "length":
         result.status, result.error = "truncated", "finish_reason=length: raise max_tokens or shorten the prompt"
-    elif choice.finish_reason == "content_filter":
+    elif result.finish_reason == "content_filter":
         result.status, result.error = "content_filter", "finish_reason=content_filter"
     else:
         try:
@@ -151,7 +180,7 @@ def status_for_http(code: int) -> str:
 
 def _status_error(exc: openai.APIStatusError, latency: float, api_key: str | None) -> Attempt:
     code = exc.status_code
-    headers = dict(exc.response.headers) if exc.response is not None else {}
+    headers = exc.response.headers if exc.response is not None else {}
     status = status_for_http(code)
     return Attempt(
         status,

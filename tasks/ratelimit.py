@@ -133,7 +133,7 @@ class LocalRateLimiter:
         self._resume_at = max(self._resume_at, time.monotonic() + retry_after_s)
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Adopt the server's limits when none were configured; pause when a budget is spent."""
+        """Adopt the server's limits when none were configured; pause briefly when no request is left."""
         if not self.learn:
             return
         limit_requests = _number(headers.get("x-ratelimit-limit-requests"))
@@ -142,11 +142,10 @@ class LocalRateLimiter:
         limit_tokens = _number(headers.get("x-ratelimit-limit-tokens"))
         if not self._tpm_fixed and limit_tokens and (self._tpm is None or abs(self._tpm - limit_tokens) > 0.5):
             self._set_tpm(limit_tokens * self.headroom)
-        for kind in ("requests", "tokens"):
-            if _number(headers.get(f"x-ratelimit-remaining-{kind}")) == 0:
-                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
-                if reset:
-                    self._resume_at = max(self._resume_at, time.monotonic() + reset)
+        # OpenAI's reset headers say when the bucket is *full* again, which can be a minute away;
+        # one request's worth of refill is what we actually need to wait for.
+        if _number(headers.get("x-ratelimit-remaining-requests")) == 0 and self.rpm:
+            self._resume_at = max(self._resume_at, time.monotonic() + 60.0 / self.rpm)
 
 
 def _number(text: str | None) -> float | None:
