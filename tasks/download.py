@@ -1,16 +1,17 @@
-"""Download COCO annotation archives: resumable, checksummed, and unpacked to `DEST/annotations/`.
+"""Download COCO archives: resumable, checksummed, unpacked where `vistune ingest` looks.
 
 `download_annotations("val2017", dest)` fetches the official `annotations_trainval2017.zip`
 (one archive holds both train and val json files), keeps it as `DEST/<name>.zip`, and extracts
 `captions_val2017.json` and `instances_val2017.json` into `DEST/annotations/`, where
-`vistune ingest --coco DEST --split val2017` looks for them (the images go in `DEST/val2017/`).
+`vistune ingest --coco DEST --split val2017` looks for them. `download_images("val2017", dest)`
+does the same for the image zip (`zips/val2017.zip`, 778 MB), unpacked into `DEST/val2017/`.
 
 - Resume: bytes go to `<name>.zip.part`; a rerun, or a retry after a dropped connection, asks
   the server for the rest with an HTTP `Range` request. A server that ignores ranges (200
   instead of 206) makes the download start over.
-- Checksum: the official archives' MD5s are known (`OFFICIAL_ARCHIVES`). For another URL pass
-  `checksum` (`sha256:<hex>`, `md5:<hex>`, or bare hex whose length names the algorithm); without
-  one, a sidecar `<url>.sha256` on the server is used when it exists. A mismatch deletes the
+- Checksum: the official archives' MD5s are known (`OFFICIAL_ARCHIVES`, `OFFICIAL_IMAGE_ARCHIVES`).
+  For another URL pass `checksum` (`sha256:<hex>`, `md5:<hex>`, or bare hex whose length names
+  the algorithm); without one, a sidecar `<url>.sha256` on the server is used when it exists. A mismatch deletes the
   file (it cannot be resumed into a good one) and raises `ChecksumError`. After a download, the
   archive's SHA-256 is written beside it as `<name>.zip.sha256` (`sha256sum -c` format) and
   checked when the archive is reused.
@@ -78,7 +79,7 @@ class Archive:
 
     url: str
     checksum: Checksum
-    size: int
+    size: int | None  # bytes, where known
 
 
 # MD5s and sizes of the official archives, as published widely by dataset loaders (also the
@@ -91,12 +92,25 @@ OFFICIAL_ARCHIVES: dict[str, Archive] = {
 }
 
 
+IMAGES_BASE_URL = "http://images.cocodataset.org/zips"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Image zips whose MD5 several independent dataset loaders agree on; train2014 is left out
+# because published values disagree (the server's sidecar or --checksum applies there).
+OFFICIAL_IMAGE_ARCHIVES: dict[str, Archive] = {
+    "train2017": Archive(f"{IMAGES_BASE_URL}/train2017.zip", Checksum("md5", "cced6f7f71b7629ddf16f17bbcfab6b2"),
+                         19_336_861_798),
+    "val2017": Archive(f"{IMAGES_BASE_URL}/val2017.zip", Checksum("md5", "442b8da7639aecaf257c1dceb8ba8c80"),
+                       815_585_330),
+    "val2014": Archive(f"{IMAGES_BASE_URL}/val2014.zip", Checksum("md5", "a3d79f5ed8d289b7a7554ce06a5782b3"), None),
+}
+
+
 @dataclass(frozen=True)
 class DownloadResult:
     """What `download_annotations` produced."""
 
     archive: Path
-    files: tuple[Path, ...]
+    files: tuple[Path, ...]  # the extracted json files, or the image folder
     checksum: str  # how the archive was verified, e.g. "md5:f4bb… (official)" or "unverified"
     downloaded_bytes: int
 
@@ -283,35 +297,32 @@ def extract_annotations(archive: Path, names: tuple[str, ...], dest_dir: Path) -
     return tuple(out)
 
 
-def download_annotations(
-    split: str,
-    dest: str | Path,
+def fetch_archive(
+    url: str,
+    dest: Path,
     *,
-    url: str | None = None,
     checksum: str | Checksum | None = None,
+    official: Archive | None = None,
     verify: bool = True,
     retries: int = 5,
     retry_wait_s: float = 1.0,
     progress: bool = True,
     client: httpx.Client | None = None,
-) -> DownloadResult:
-    """Fetch the annotation archive holding `split` and extract its captions and instances json.
+) -> tuple[Path, str, int]:
+    """Make sure `dest/<file name of url>` holds the verified archive; returns (path, how verified, bytes fetched).
 
-    Checksum, in order: `checksum`; the official MD5 when `url` is the official one; the
-    server's `<url>.sha256` sidecar; none (reported as "unverified"). `verify=False` skips it.
-    An archive already in `dest` that verifies (or matches its local `.sha256`) is reused.
+    Checksum, in order: `checksum`; `official`'s when `url` is the official one; the server's
+    `<url>.sha256` sidecar; none ("unverified"). `verify=False` skips it. An archive already in
+    `dest` that verifies (or matches its local `.sha256`) is reused; one that does not is fetched again.
     """
-    official = OFFICIAL_ARCHIVES[split_year(split)]
-    url = url or official.url
-    dest = Path(dest)
-    archive = dest / (Path(urlparse(url).path).name or "annotations.zip")
+    archive = dest / (Path(urlparse(url).path).name or "download.zip")
     expected: Checksum | None = None
     source = "unverified"
     if verify:
         if checksum is not None:
             expected = checksum if isinstance(checksum, Checksum) else Checksum.parse(checksum)
             source = f"{expected} (given)"
-        elif url == official.url:
+        elif official is not None and url == official.url:
             expected, source = official.checksum, f"{official.checksum} (official)"
     received = 0
     if archive.exists():
@@ -334,5 +345,87 @@ def download_annotations(
             if own_client:
                 http.close()
         _write_sidecar(archive)
-    files = extract_annotations(archive, annotation_files(split), dest / "annotations")
+    return archive, source, received
+
+
+def download_annotations(
+    split: str,
+    dest: str | Path,
+    *,
+    url: str | None = None,
+    checksum: str | Checksum | None = None,
+    verify: bool = True,
+    retries: int = 5,
+    retry_wait_s: float = 1.0,
+    progress: bool = True,
+    client: httpx.Client | None = None,
+) -> DownloadResult:
+    """Fetch the annotation archive holding `split` and extract its captions and instances json
+    into `dest/annotations/` (checksum rules: `fetch_archive`)."""
+    official = OFFICIAL_ARCHIVES[split_year(split)]
+    archive, source, received = fetch_archive(
+        url or official.url, Path(dest), checksum=checksum, official=official, verify=verify, retries=retries,
+        retry_wait_s=retry_wait_s, progress=progress, client=client)
+    files = extract_annotations(archive, annotation_files(split), Path(dest) / "annotations")
     return DownloadResult(archive=archive, files=files, checksum=source, downloaded_bytes=received)
+
+
+def image_archive(split: str) -> Archive | None:
+    """The official image zip of a split, with its checksum where one is known."""
+    split_year(split)
+    return OFFICIAL_IMAGE_ARCHIVES.get(split)
+
+
+def extract_images(archive: Path, split: str, dest_dir: Path) -> int:
+    """Extract the image files of an image zip (members under any `<split>/` folder) into `dest_dir`.
+
+    Files already there with the right size are kept, so an interrupted unzip resumes. Returns
+    how many image files the archive holds.
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile:
+        raise DownloadError(f"{archive} is not a zip archive (a broken download?): delete it and rerun") from None
+    count = 0
+    with zf:
+        for info in zf.infolist():
+            name = Path(info.filename)
+            if info.is_dir() or name.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            count += 1
+            target = dest_dir / name.name  # base name only: a hostile member path cannot escape dest_dir
+            if target.exists() and target.stat().st_size == info.file_size:
+                continue
+            tmp = target.with_name(target.name + ".tmp")
+            with zf.open(info) as src, tmp.open("wb") as dst:
+                while chunk := src.read(CHUNK_BYTES):
+                    dst.write(chunk)
+            tmp.replace(target)
+    if count == 0:
+        raise DownloadError(f"{archive} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                            f"is it the {split} image zip?")
+    return count
+
+
+def download_images(
+    split: str,
+    dest: str | Path,
+    *,
+    url: str | None = None,
+    checksum: str | Checksum | None = None,
+    verify: bool = True,
+    retries: int = 5,
+    retry_wait_s: float = 1.0,
+    progress: bool = True,
+    client: httpx.Client | None = None,
+) -> DownloadResult:
+    """Fetch a split's image zip (e.g. `zips/val2017.zip`, 778 MB) and unpack it into `dest/<split>/`."""
+    official = image_archive(split)
+    url = url or (official.url if official else f"{IMAGES_BASE_URL}/{split}.zip")
+    archive, source, received = fetch_archive(
+        url, Path(dest), checksum=checksum, official=official, verify=verify, retries=retries,
+        retry_wait_s=retry_wait_s, progress=progress, client=client)
+    folder = Path(dest) / split
+    extract_images(archive, split, folder)
+    return DownloadResult(archive=archive, files=(folder,), checksum=source, downloaded_bytes=received)

@@ -16,13 +16,18 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import get_app
+from tasks.coco import ingest
 from tasks.download import (
+    IMAGES_BASE_URL,
     OFFICIAL_ARCHIVES,
     Checksum,
     ChecksumError,
     DownloadError,
     annotation_files,
     download_annotations,
+    download_images,
+    extract_images,
+    image_archive,
     split_year,
 )
 
@@ -302,7 +307,69 @@ def test_cli_download(tmp_path: Path, archive) -> None:
     assert result.exit_code == 0, result.output
     assert f"downloaded {len(data):,} bytes; checksum sha256:{sha256(data)} (given)" in result.output
     assert str(tmp_path / "annotations" / "instances_val2017.json") in result.output
+    assert f"next: vistune ingest --coco {tmp_path} --split val2017 --no-check-images" in result.output
     assert_extracted(tmp_path, contents)
     bad = runner.invoke(get_app(), ["coco", "download", "--split", "val2017", "--dest", str(tmp_path / "x"),
                                     "--url", url, "--checksum", "md5:" + "0" * 32])
     assert bad.exit_code == 1 and "error:" in bad.output and "expected 000" in bad.output
+
+
+# ---------------------------------------------------------------- images, and download -> ingest
+def zip_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_download_with_images_then_ingest(tmp_path: Path, server: FileServer, sample_coco: Path, db_path: Path) -> None:
+    split = "train2017"
+    annotations = {f"annotations/{n}": (sample_coco / "annotations" / n).read_bytes() for n in annotation_files(split)}
+    images = {f"{split}/{p.name}": p.read_bytes() for p in sorted((sample_coco / split).glob("*.jpg"))}
+    server.files["/ann.zip"] = zip_of(annotations)
+    server.files["/img.zip"] = zip_of({**images, f"{split}/README.txt": b"not an image"})
+    dest = tmp_path / "coco"
+    result = CliRunner().invoke(get_app(), [
+        "coco", "download", "--split", split, "--dest", str(dest), "--url", f"{server.base}/ann.zip",
+        "--images", "--images-url", f"{server.base}/img.zip",
+        "--images-checksum", f"sha256:{sha256(server.files['/img.zip'])}"])
+    assert result.exit_code == 0, result.output
+    assert f"checksum sha256:{sha256(server.files['/img.zip'])} (given)" in result.output
+    assert f"next: vistune ingest --coco {dest} --split {split}" in result.output
+    assert sorted(p.name for p in (dest / split).iterdir()) == sorted(Path(n).name for n in images)
+    stats = ingest(dest, split, db_path)
+    assert stats.images == len(images) == 4 and not stats.issues
+
+
+def test_extract_images_keeps_finished_files_and_rejects_a_zip_without_images(tmp_path: Path) -> None:
+    archive = tmp_path / "val2017.zip"
+    archive.write_bytes(zip_of({"val2017/a.jpg": b"A" * 10, "val2017/b.png": b"B" * 20, "val2017/": b""}))
+    out = tmp_path / "val2017"
+    out.mkdir()
+    (out / "a.jpg").write_bytes(b"X" * 10)  # same size: treated as already extracted
+    (out / "b.png").write_bytes(b"short")  # wrong size: extracted again
+    assert extract_images(archive, "val2017", out) == 2
+    assert (out / "a.jpg").read_bytes() == b"X" * 10 and (out / "b.png").read_bytes() == b"B" * 20
+    archive.write_bytes(zip_of({"annotations/captions_val2017.json": b"{}"}))
+    with pytest.raises(DownloadError, match=r"holds no image files .* is it the val2017 image zip"):
+        extract_images(archive, "val2017", out)
+
+
+def test_image_archive_defaults(tmp_path: Path) -> None:
+    assert image_archive("val2017").url == f"{IMAGES_BASE_URL}/val2017.zip"
+    assert image_archive("val2017").checksum == Checksum("md5", "442b8da7639aecaf257c1dceb8ba8c80")
+    assert image_archive("train2014") is None  # no agreed checksum: sidecar or --checksum
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if request.url.path.endswith(".sha256"):
+            return httpx.Response(404)
+        return httpx.Response(200, content=zip_of({"train2014/COCO_train2014_000000000009.jpg": b"jpg"}))
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    result = download_images("train2014", tmp_path, progress=False, client=client)
+    assert seen == [f"{IMAGES_BASE_URL}/train2014.zip.sha256", f"{IMAGES_BASE_URL}/train2014.zip"]
+    assert result.checksum == "unverified"
+    assert (tmp_path / "train2014" / "COCO_train2014_000000000009.jpg").read_bytes() == b"jpg"
