@@ -95,7 +95,8 @@ def status_command(db: DbOption = None) -> None:
     """Row counts, money spent, response statuses and open batches of a database."""
     db_path = store.resolve_db(db)
     counts = store.table_counts(db_path)
-    table = Table(title=f"vistune status: {db_path}")
+    console.print(f"database: {db_path}", soft_wrap=True)
+    table = Table()
     table.add_column("table")
     table.add_column("rows", justify="right")
     for name, n in counts.items():
@@ -123,3 +124,25 @@ def status_command(db: DbOption = None) -> None:
     console.print(f"open batches: {len(open_batches)}")
     for b in open_batches:
         console.print(f"  {b['batch_id']}: {b['status']}, {b['n_requests']:,} requests, since {b['created_at']}")
+
+
+@app.command("demo")
+def demo_command(
+    coco: Annotated[Path, typer.Option("--coco", help="COCO root (default: the bundled 4-image sample)")] = Path(
+        SAMPLE_COCO),
+    out: Annotated[Path, typer.Option("--out", help="where the demo's database, dataset and model go")] = Path(
+        "data/demo"),
+    limit: Annotated[int | None, typer.Option("--limit", help="at most this many images")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="default: VISTUNE_MODEL or gpt-4o")] = None,
+    max_cost_usd: Annotated[float | None, typer.Option("--max-cost-usd", help="stop a real endpoint at this")] = None,
+    train: Annotated[bool, typer.Option(help="train the tiny model (stage 1 + stage 2) at the end")] = True,
+    fresh: Annotated[bool, typer.Option("--fresh", help="delete --out first")] = False,
+    prefect: Annotated[bool, typer.Option("--prefect", help="run the steps as Prefect flows (UI, artifacts)")] = False,
+) -> None:
+    """The whole pipeline on a small sample: ingest, generate, curate, export, train a tiny model on the CPU."""
+    from flows.demo import print_summary, run_demo
+    from schemas.settings import get_settings
+
+    result = run_demo(console, coco_dir=coco, out_dir=out, limit_images=limit, model=model or get_settings().model,
+                      max_cost_usd=max_cost_usd, train=train, fresh=fresh, use_prefect=prefect)
+    print_summary(console, result)

@@ -1,0 +1,215 @@
+"""`vistune demo`: the whole DAG on the bundled sample (or any COCO folder) in a few minutes on a CPU.
+
+Ingest -> generate (against the simulator when no endpoint is configured) -> validate -> dedup ->
+export -> report -> stage-1 and stage-2 training of a tiny random model.
+
+By default the demo calls the plain task functions directly, the same ones the Prefect flows wrap:
+a first run then needs no Prefect server (a temporary one takes ~20 s to start here) and leaves no
+Prefect state behind. `--prefect` runs the same steps as the `pipeline` flow instead (on
+PREFECT_API_URL's server, else a temporary local one), so its runs and artifacts show in the UI.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from schemas.generation import GenerateConfig, GenerateStats
+from schemas.settings import get_settings
+from tasks import store
+
+SQL_TO_TRY = (
+    ("samples per type that survived dedup", "SELECT sample_type, count(*) AS n FROM dataset GROUP BY 1 ORDER BY 1"),
+    ("a few samples with their image files",
+     "SELECT i.file_name, d.sample_type, left(d.text, 80) AS text FROM dataset d JOIN images i USING (image_id) "
+     "ORDER BY d.sample_id LIMIT 5"),
+    ("tokens and cost per sample type",
+     "SELECT q.sample_type, sum(r.prompt_tokens) AS prompt_tok, sum(r.completion_tokens) AS completion_tok, "
+     "round(sum(r.cost_usd), 4) AS usd FROM responses r JOIN requests q USING (request_id) GROUP BY 1"),
+)
+
+
+@dataclass
+class DemoResult:
+    """Where everything the demo made lies."""
+
+    db: Path
+    export_dir: Path
+    report: Path
+    checkpoint: Path | None
+    endpoint: str
+    seconds: float
+
+
+@contextmanager
+def endpoint(console: Console) -> Iterator[tuple[str | None, str]]:
+    """The OpenAI-compatible endpoint to use: the configured one, else the simulator (said plainly)."""
+    settings = get_settings()
+    if settings.openai_api_key is not None or settings.openai_base_url:
+        where = settings.openai_base_url or "https://api.openai.com/v1"
+        console.print(f"[bold]Generating with the configured endpoint {where}[/bold] (this costs real money).")
+        yield settings.openai_base_url, where
+        return
+    from tests.sim import SimConfig, start_simulator
+
+    with start_simulator(SimConfig(latency_ms=20, latency="uniform")) as sim:
+        console.print(
+            "[bold yellow]Neither OPENAI_API_KEY nor OPENAI_BASE_URL is set: generating against the built-in "
+            f"OpenAI-compatible simulator at {sim.base_url}[/bold yellow]. Its answers are synthetic (built "
+            "from the captions) and cost nothing; set OPENAI_API_KEY (and optionally OPENAI_BASE_URL) for real ones."
+        )
+        yield sim.base_url, f"simulator at {sim.base_url}"
+
+
+def splits_in(coco_dir: Path) -> list[str]:
+    """Splits with a captions file under `coco_dir/annotations`."""
+    return sorted(p.stem.removeprefix("captions_") for p in (coco_dir / "annotations").glob("captions_*.json"))
+
+
+def progress_bar(console: Console) -> tuple[Progress, Callable[[GenerateStats], None]]:
+    """A rich bar plus the `on_progress` callback that drives it."""
+    bar = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+                   TimeElapsedColumn(), console=console)
+    task_id = bar.add_task("generate", total=None, detail="")
+
+    def on_progress(stats: GenerateStats) -> None:
+        bar.update(task_id, total=stats.requests, completed=stats.done + stats.already_ok + stats.failed,
+                   detail=f"{stats.failed} failed · {stats.tokens:,} tok · ${stats.cost_usd:.4f}")
+
+    return bar, on_progress
+
+
+def prepare_training(work: Path, export_dir: Path, image_root: str, captions: list[str]) -> Path:
+    """Tiny random CLIP + Llama base models and a config pointing at the demo's exports."""
+    from training.tiny import build_tiny_base_models, write_tiny_config
+
+    vision, llm = build_tiny_base_models(work / "base", texts=captions)
+    return write_tiny_config(
+        work / "train.yaml", vision, llm, image_root=image_root, output_dir=work / "runs",
+        stage1={"data": str(export_dir / "llava_pretrain.json")},
+        stage2={"data": str(export_dir / "llava_instruct.json")},
+    )
+
+
+def run_demo(
+    console: Console,
+    *,
+    coco_dir: Path,
+    out_dir: Path,
+    limit_images: int | None,
+    model: str,
+    max_cost_usd: float | None,
+    train: bool = True,
+    fresh: bool = False,
+    use_prefect: bool = False,
+) -> DemoResult:
+    """Run every step; returns where the database, dataset, report and checkpoint are."""
+    started = time.monotonic()
+    out_dir = out_dir.resolve()
+    if fresh and out_dir.exists():
+        shutil.rmtree(out_dir)
+    db, export_dir, work = out_dir / "vistune.duckdb", out_dir / "export", out_dir / "train"
+    splits = splits_in(coco_dir)
+    if not splits:
+        raise FileNotFoundError(f"{coco_dir}/annotations has no captions_<split>.json: is it a COCO folder?")
+    with endpoint(console) as (base_url, where):
+        config = GenerateConfig(model=model, base_url=base_url, limit=limit_images, max_cost_usd=max_cost_usd,
+                                concurrency=16)
+        if use_prefect:
+            checkpoint = _run_with_prefect(console, coco_dir, splits, db, export_dir, work, config, train)
+        else:
+            checkpoint = _run_plain(console, coco_dir, splits, db, export_dir, work, config, train)
+    return DemoResult(db=db, export_dir=export_dir, report=export_dir / "report.md", checkpoint=checkpoint,
+                      endpoint=where, seconds=time.monotonic() - started)
+
+
+def _captions(db: Path) -> list[str]:
+    return [r["caption"] for r in store.query("SELECT caption FROM captions", path=db)]
+
+
+def _train_plain(console: Console, db: Path, export_dir: Path, work: Path) -> Path:
+    from tasks.train_launch import launch_training
+
+    image_root = store.query("SELECT min(coco_root) AS root FROM images", path=db)[0]["root"]
+    config = prepare_training(work, export_dir, image_root, _captions(db))
+    for stage in ("stage1", "stage2"):
+        console.rule(f"training {stage} (tiny random model, CPU)")
+        launch_training(stage, config, on_line=lambda line: _show_training_line(console, line))
+    return work / "runs" / "stage2" / "final"
+
+
+def _show_training_line(console: Console, line: str) -> None:
+    if "it/s]" not in line and "s/it]" not in line:  # skip tqdm bars of weight loading / saving
+        console.print(f"  {line}", style="dim", highlight=False, soft_wrap=True)
+
+
+def _run_plain(console: Console, coco_dir: Path, splits: list[str], db: Path, export_dir: Path, work: Path,
+               config: GenerateConfig, train: bool) -> Path | None:
+    from tasks.coco import ingest
+    from tasks.dedup import dedup
+    from tasks.export import export
+    from tasks.generate import generate
+    from tasks.report import build_report
+    from tasks.validate import validate_pending
+
+    for split in splits:
+        stats = ingest(coco_dir, split, db)
+        console.print(f"ingest {split}: {stats.images} images, new rows {stats.added}")
+    bar, on_progress = progress_bar(console)
+    with bar:
+        gen = generate(db, config, on_progress=on_progress)
+    console.print(f"generate: {gen.done} new good responses, {gen.failed} failed, {gen.attempts} calls, "
+                  f"${gen.cost_usd:.4f}" if gen.requests else "generate: nothing new to send (rerun: all answered)")
+    checked = validate_pending(db)
+    console.print(f"validate: {checked.checked} checked -> {checked.samples} samples, {checked.rejected} rejected "
+                  f"{checked.reject_codes or ''}")
+    deduped = dedup(db)
+    console.print(f"dedup: {deduped.exact_duplicates} exact + {deduped.near_duplicates} near duplicates, "
+                  f"{deduped.survivors} samples kept")
+    image_root = store.query("SELECT min(coco_root) AS root FROM images", path=db)[0]["root"]
+    exported = export(db, export_dir, image_root)
+    console.print(f"export: {exported.counts} records in {export_dir}")
+    build_report(db, export_dir)
+    return _train_plain(console, db, export_dir, work) if train else None
+
+
+def _run_with_prefect(console: Console, coco_dir: Path, splits: list[str], db: Path, export_dir: Path, work: Path,
+                      config: GenerateConfig, train: bool) -> Path | None:
+    from flows.pipeline import pipeline_flow
+    from schemas.flow_params import CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
+
+    params = PipelineParams(
+        ingest=IngestParams(coco_dir=str(coco_dir), splits=splits, db_path=str(db)),
+        generate=GenerateParams(db_path=str(db), model=config.model, base_url=config.base_url,
+                                limit_images=config.limit, max_cost_usd=config.max_cost_usd, concurrency=16),
+        curate=CurateParams(db_path=str(db), export_dir=str(export_dir)),
+    )
+    pipeline_flow(params)
+    if not train:
+        return None
+    from flows.train import train_flow
+
+    image_root = store.query("SELECT min(coco_root) AS root FROM images", path=db)[0]["root"]
+    train_flow(TrainParams(config=str(prepare_training(work, export_dir, image_root, _captions(db)))))
+    return work / "runs" / "stage2" / "final"
+
+
+def print_summary(console: Console, result: DemoResult) -> None:
+    """Where things are, and three SQL queries to try."""
+    console.rule(f"demo finished in {result.seconds:.0f} s")
+    console.print(f"generated with: {result.endpoint}")
+    console.print(f"database:   {result.db}")
+    console.print(f"dataset:    {result.export_dir / 'llava_instruct.json'} (+ per type, stage-1 pairs, parquet)")
+    console.print(f"report:     {result.report}")
+    if result.checkpoint is not None:
+        console.print(f"checkpoint: {result.checkpoint} (LlavaForConditionalGeneration.from_pretrained loads it)")
+    console.print("\nTry some SQL (read-only, also works from the duckdb CLI while nothing writes):")
+    for title, sql in SQL_TO_TRY:
+        console.print(f"  # {title}\n  vistune sql --db {result.db} \"{sql}\"", highlight=False, soft_wrap=True)
