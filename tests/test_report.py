@@ -1,0 +1,79 @@
+"""The dataset report: tables from the store, markdown and plots in the export folder; `vistune curate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from flows.cli import get_app
+from schemas.samples import ConversationOutput, QuestionAnswer
+from tasks.dedup import dedup
+from tasks.formats import render
+from tasks.report import build_report
+from tasks.validate import validate_pending
+from tests.curation_rows import add_images, add_response
+
+
+def conversation(rounds: int, tag: str) -> str:
+    return render(ConversationOutput(rounds=[
+        QuestionAnswer(question=f"What is object {tag} number {k}?", answer=f"It is a red square, piece {k} of {tag}.")
+        for k in range(rounds)
+    ]), "llava-text")
+
+
+def fill(db: Path, root: Path) -> None:
+    add_images(db, root, [1, 2])
+    add_response(db, image_id=1, sample_type="conversation", content=conversation(2, "a"), cost_usd=0.25)
+    add_response(db, image_id=2, sample_type="conversation", content=conversation(3, "b"), cost_usd=0.25)
+    add_response(db, image_id=2, sample_type="conversation", content=conversation(3, "b"), cost_usd=0.25, attempt=2)
+    add_response(db, image_id=1, sample_type="detail_description", content="Sorry, I cannot describe this image.",
+                 cost_usd=0.25)
+
+
+def test_report_tables_markdown_and_plots(db_path: Path, tmp_path: Path) -> None:
+    fill(db_path, tmp_path / "coco")
+    validate_pending(db_path)
+    dedup(db_path)
+    report = build_report(db_path, tmp_path / "out")
+
+    funnel = report.tables["funnel"][0]
+    assert (funnel["responses"], funnel["valid_samples"], funnel["duplicates"], funnel["dataset"]) == (4, 3, 1, 2)
+    mix = {r["sample_type"]: r for r in report.tables["type_mix"]}
+    assert mix["conversation"]["samples"] == 2 and mix["conversation"]["share"] == 1.0
+    assert mix["complex_reasoning"]["llava_158k"] == 77_000
+    assert report.tables["rounds_per_conversation"] == [{"rounds": 2, "conversations": 1},
+                                                        {"rounds": 3, "conversations": 1}]
+    lengths = {r["sample_type"]: r for r in report.tables["answer_lengths"]}
+    assert lengths["conversation"]["answers"] == 5 and lengths["detail_description"]["answers"] == 0
+    reasons = {r["code"]: r["responses"] for r in report.tables["reject_reasons"]}
+    assert reasons == {"refusal": 1, "too_short": 1}
+    assert report.tables["cost"][0]["cost_usd"] == 1.0
+    assert report.tables["cost"][0]["usd_per_kept_sample"] == 0.5
+    assert report.tables["dedup"] == [{"method": "exact", "scope": "image", "removed": 1, "rate": round(1 / 3, 4),
+                                       "mean_similarity": 1.0}]
+
+    assert report.path == tmp_path / "out" / "report.md"
+    assert report.path.read_text() == report.markdown
+    assert "58K / 23K / 77K" in report.markdown and "refusal" in report.markdown
+    for plot in report.plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({plot.name})" in report.markdown
+
+
+def test_report_on_an_empty_database(db_path: Path, tmp_path: Path) -> None:
+    report = build_report(db_path, tmp_path / "out")
+    assert report.tables["funnel"][0]["dataset"] == 0
+    assert len(report.plots) == 2
+
+
+def test_curate_cli_runs_every_step(db_path: Path, tmp_path: Path) -> None:
+    fill(db_path, tmp_path / "coco")
+    out = tmp_path / "export"
+    result = CliRunner().invoke(get_app(), ["curate", "--out", str(out), "--db", str(db_path)])
+    assert result.exit_code == 0, result.output
+    assert "4 responses checked" in result.output and "1 exact" in result.output
+    assert {"llava_instruct.json", "llava_pretrain.parquet", "report.md", "answer_lengths.png"} <= {
+        p.name for p in out.iterdir()}
+    again = CliRunner().invoke(get_app(), ["curate", "--out", str(out), "--db", str(db_path), "--scope", "moon"])
+    assert again.exit_code == 2
