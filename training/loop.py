@@ -38,6 +38,15 @@ def projector_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation (gradient) checkpointing, non-reentrant so frozen inputs still pass gradients through."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # the transformers >= 5.2x name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _accumulation_steps(batch_size: int, per_device: int, processes: int) -> int:
     if batch_size % (per_device * processes):
         raise ValueError(
@@ -67,11 +76,11 @@ def train(cfg: TrainConfig, stage_name: StageName, stop_after: int | None = None
     model, processor = load_for_stage(cfg, stage)
     model.config.use_cache = False
     if stage.method == "full" and cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if stage.method in ("lora", "qlora"):
         model = apply_lora(model, stage, cfg.gradient_checkpointing)
         if cfg.gradient_checkpointing and stage.method == "lora":
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
     freeze_backbones(model, stage.train, stage.method)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if stage.fp32_trainable:
@@ -119,10 +128,11 @@ def train(cfg: TrainConfig, stage_name: StageName, stop_after: int | None = None
     window_tokens = window_samples = 0
     window_start = time.perf_counter()
     while progress.step < total_steps:
-        sampler.set_epoch(progress.epoch)
-        batches = (
-            accelerator.skip_first_batches(loader, progress.batches_in_epoch) if progress.batches_in_epoch else loader
-        )
+        batches = loader
+        if progress.batches_in_epoch:
+            batches = accelerator.skip_first_batches(loader, progress.batches_in_epoch)
+        # accelerate's loaders re-set the sampler epoch from their own counter on each pass; align it first
+        (batches.set_epoch if hasattr(batches, "set_epoch") else sampler.set_epoch)(progress.epoch)
         for batch in batches:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss

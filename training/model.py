@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 PROJECTOR_ACT = {"linear": "linear", "mlp2x_gelu": "gelu"}
-# Modules bitsandbytes must leave in full precision under QLoRA.
-QLORA_SKIP_MODULES = ["vision_tower", "multi_modal_projector", "lm_head"]
+# Modules bitsandbytes must leave in full precision under QLoRA (prefixes of module names, or suffixes).
+QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
 def projector_type(config: LlavaConfig) -> str:

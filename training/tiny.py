@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
@@ -53,13 +54,14 @@ def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 512) -> PreTrai
 
 
 def build_tiny_base_models(
-    out_dir: Path | str, texts: Iterable[str] = (), initializer_range: float = 0.2
+    out_dir: Path | str, texts: Iterable[str] = (), initializer_range: float = 0.2, seed: int = 0
 ) -> tuple[Path, Path]:
     """Save a tiny CLIP vision tower and a tiny Llama (+ tokenizer) under `out_dir`; also writes `tiny.yaml`.
 
     Returns (vision_path, llm_path). `texts` (e.g. the training captions) improve the tokenizer's merges.
     """
     out_dir = Path(out_dir)
+    torch.manual_seed(seed)  # same seed, same tiny weights: demo runs are reproducible
     vision_path, llm_path = out_dir / "tiny-clip-vision", out_dir / "tiny-llama"
     vision_config = CLIPVisionConfig(
         hidden_size=32,

@@ -1,0 +1,187 @@
+"""Data path: templates, label masks, mismatch detection, truncation, RGB conversion, image-token count, sampler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, trainers
+from transformers import PreTrainedTokenizerFast
+
+from tests.test_training_support import tiny_base
+from training.config import load_config
+from training.data import (
+    IGNORE_INDEX,
+    Collator,
+    LlavaJsonDataset,
+    TokenizationMismatch,
+    expand_and_truncate,
+    load_rgb,
+    tokenize_segments,
+)
+from training.model import IMAGE_TOKEN, build_base_model, build_processor, num_image_tokens
+from training.sampler import ModalityLengthGroupedSampler
+from training.templates import Segment
+from training.tiny import write_tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory):
+    vision, llm = tiny_base()
+    path = write_tiny_config(tmp_path_factory.mktemp("cfg") / "tiny.yaml", vision, llm)
+    return load_config(path)
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_cfg):
+    return build_processor(tiny_cfg, patch_size=8)
+
+
+@pytest.fixture
+def image_root(tmp_path: Path) -> Path:
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "rgb.png")
+    Image.new("L", (40, 40), 90).save(tmp_path / "gray.png")
+    Image.new("CMYK", (40, 48), (0, 120, 200, 10)).save(tmp_path / "cmyk.jpg")
+    return tmp_path
+
+
+def _runs(labels: list[int]) -> list[list[int]]:
+    runs, current = [], []
+    for label in labels:
+        if label == IGNORE_INDEX:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            current.append(label)
+    return [*runs, current] if current else runs
+
+
+MULTI_TURN = {
+    "id": "sample-7",
+    "image": "rgb.png",
+    "conversations": [
+        {"from": "human", "value": "<image>\nWhat is on the table?"},
+        {"from": "gpt", "value": "A red apple and two forks."},
+        {"from": "human", "value": "How many forks?"},
+        {"from": "gpt", "value": "Two."},
+    ],
+}
+
+
+def test_vicuna_labels_decode_to_exactly_the_assistant_replies(processor, image_root):
+    dataset = LlavaJsonDataset([MULTI_TURN], image_root, processor, "vicuna_v1", 256)
+    example = dataset[0]
+    tokenizer = processor.tokenizer
+    decoded = [tokenizer.decode(run) for run in _runs(example.labels)]
+    assert decoded == [" A red apple and two forks.</s>", " Two.</s>"]
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    image_positions = [i for i, t in enumerate(example.input_ids) if t == image_id]
+    assert len(image_positions) == num_image_tokens(processor) == 16
+    assert all(example.labels[i] == IGNORE_INDEX for i in image_positions)
+    text = tokenizer.decode([t for t in example.input_ids if t != image_id])
+    assert "USER: \nWhat is on the table? ASSISTANT: A red apple" in text
+    assert example.pixel_values.shape == (3, 32, 32)
+
+
+def test_plain_template_labels_only_the_caption_and_newline(processor, image_root):
+    record = {
+        "id": "cap-1",
+        "image": "gray.png",
+        "conversations": [{"from": "human", "value": "Describe.\n<image>"}, {"from": "gpt", "value": "A dog."}],
+    }
+    example = LlavaJsonDataset([record], image_root, processor, "plain", 256)[0]
+    assert [processor.tokenizer.decode(run) for run in _runs(example.labels)] == ["A dog.\n"]
+    # plain drops the instruction: bos, the image tokens, then the caption
+    assert len(example.input_ids) == 1 + 16 + len(_runs(example.labels)[0])
+
+
+def test_image_placeholder_is_added_when_missing_and_rejected_when_doubled(processor, image_root):
+    record = {"id": "no-tag", "image": "rgb.png", "conversations": MULTI_TURN["conversations"][2:]}
+    image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    example = LlavaJsonDataset([record], image_root, processor, "vicuna_v1", 256)[0]
+    assert example.input_ids.count(image_id) == 16
+    doubled = json.loads(json.dumps(MULTI_TURN))
+    doubled["conversations"][2]["value"] = "<image> again?"
+    with pytest.raises(ValueError, match="sample-7"):
+        LlavaJsonDataset([doubled], image_root, processor, "vicuna_v1", 256)[0]
+
+
+def test_tokenizer_merging_across_a_reply_boundary_raises_naming_the_sample():
+    # A BPE without pre-tokenizer learns merges such as ": Y" that straddle "ASSISTANT:" | " Yes".
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.train_from_iterator(
+        ["USER: ok? ASSISTANT: Yes</s>"] * 50, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "</s>"])
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+    segments = [Segment("USER: ok? ASSISTANT:", False), Segment(" Yes</s>", True)]
+    with pytest.raises(TokenizationMismatch, match="sample llava-42"):
+        tokenize_segments(segments, tokenizer, "llava-42")
+
+
+def test_truncation_cuts_text_never_image_tokens():
+    ids = [1, 9, 5, 9, 9, 9, 9, 9]  # bos, text, <image>=5, then text
+    labels = [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 9, 9, 9, 9, 9]
+    out_ids, out_labels = expand_and_truncate(ids, labels, 5, 4, max_length=8, sample_id="s")
+    assert out_ids == [1, 9, 5, 5, 5, 5, 9, 9] and out_labels[:6] == [IGNORE_INDEX] * 6
+    with pytest.raises(ValueError, match="sample s: its 4 image tokens end at position 6"):
+        expand_and_truncate(ids, labels, 5, 4, max_length=5, sample_id="s")
+
+
+def test_grayscale_and_cmyk_images_become_rgb_batches(processor, image_root):
+    assert load_rgb(image_root / "gray.png").mode == "RGB"
+    assert load_rgb(image_root / "cmyk.jpg").mode == "RGB"
+    records = [{**MULTI_TURN, "id": name, "image": name} for name in ("gray.png", "cmyk.jpg")] + [
+        {"id": "text", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+    ]
+    dataset = LlavaJsonDataset(records, image_root, processor, "vicuna_v1", 256)
+    batch = Collator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(3)])
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert batch["attention_mask"][2].sum() < batch["attention_mask"][0].sum()  # text-only row is padded
+    with pytest.raises(FileNotFoundError, match="image_root"):
+        load_rgb(image_root / "missing.jpg")
+
+
+def test_processor_image_tokens_equal_model_features(tiny_cfg, image_root):
+    model, processor = build_base_model(tiny_cfg)
+    inputs = processor(images=Image.open(image_root / "rgb.png"), text="USER: <image>\nHi", return_tensors="pt")
+    inserted = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output[0]
+    assert inserted == features.shape[0] == num_image_tokens(processor) == model.config.image_seq_length
+    assert model.config.vision_feature_layer == -2 and model.config.vision_feature_select_strategy == "default"
+    assert processor.tokenizer.pad_token is not None and processor.tokenizer.pad_token != processor.tokenizer.eos_token
+
+
+def test_sampler_groups_by_modality_and_is_reproducible():
+    lengths = [10, -3, 40, 12, -50, 7, 33, -8, 21, 15, -2]
+    sampler = ModalityLengthGroupedSampler(lengths, batch_size=2, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(lengths)))
+    full_batches = [order[i : i + 2] for i in range(0, len(order) - 3, 2)]  # last chunk holds mixed leftovers
+    for batch in full_batches:
+        assert len({lengths[i] > 0 for i in batch}) == 1, batch
+    assert list(ModalityLengthGroupedSampler(lengths, 2, seed=3)) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+
+
+def test_config_files_and_overrides(tmp_path):
+    (tmp_path / "run.toml").write_text('projector = "mlp2x_gelu"\n[stage2]\nmethod = "lora"\nlora_r = 8\n')
+    cfg = load_config(tmp_path / "run.toml", ["stage2.learning_rate=2e-4", "output_dir=/x"])
+    stage2 = cfg.stage("stage2")
+    assert (cfg.projector, stage2.method, stage2.lora_r, stage2.learning_rate) == ("mlp2x_gelu", "lora", 8, 2e-4)
+    assert stage2.init_from == Path("/x/stage1/final") and stage2.template == "vicuna_v1"
+    stage1 = cfg.stage("stage1")
+    assert (stage1.learning_rate, stage1.batch_size, stage1.train, stage1.template) == (
+        2e-3,
+        128,
+        ("projector",),
+        "plain",
+    )
+    with pytest.raises(ValueError, match="lora_rank"):
+        load_config(None, ["stage2.lora_rank=8"])
