@@ -8,6 +8,7 @@ reaches the Prefect log and a failing stage fails the flow; the UI gets its arti
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,9 @@ import pytest
 from flows import generate as generate_module
 from flows.generate import generate_flow
 from flows.ingest import ingest_flow
+from flows.pipeline import pipeline_flow
 from flows.train import train_flow
-from schemas.flow_params import GenerateParams, IngestParams, TrainParams
+from schemas.flow_params import CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
 from tasks import store
 from tasks.shared_limiter import SharedRateLimiter
 from tests.sim import SimConfig, start_simulator
@@ -94,6 +96,30 @@ def test_generate_rerun_sends_nothing_and_adds_no_row(db_path: Path, sample_coco
     assert chat_calls(sim) == 12  # not one request sent again
     assert data_counts(db_path) == before
     assert (again.done, again.failed, again.attempts) == (0, 0, 0)
+
+
+def test_pipeline_publishes_the_report_and_a_rerun_changes_nothing(
+    db_path: Path, sample_coco: Path, sim: object, tmp_path: Path
+) -> None:
+    export_dir = tmp_path / "export"
+    params = PipelineParams(
+        ingest=IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)),
+        generate=GenerateParams(base_url=sim.base_url, model="gpt-4o-mini", shard_size=6),  # type: ignore[attr-defined]
+        curate=CurateParams(export_dir=str(export_dir)),
+    )
+    pipeline_flow(params)
+    counts = data_counts(db_path)
+    assert counts["images"] == 4 and counts["requests"] == 12 and counts["samples"] + counts["rejects"] >= 12
+    records = json.loads((export_dir / "llava_instruct.json").read_text())
+    assert len(records) == store.table_counts(db_path)["dataset"] > 0
+    artifacts, _ = asyncio.run(latest_run("curate"))
+    assert "llava_instruct.json" in str(artifacts["dataset-exports"])
+    assert str(artifacts["dataset-report"]).startswith("#")
+    assert any(key.startswith("dataset-report-") for key in artifacts)  # the report's tables
+
+    pipeline_flow(params)
+    assert chat_calls(sim) == 12
+    assert data_counts(db_path) == counts
 
 
 class FailOnceLimiter:
