@@ -16,9 +16,6 @@ from schemas.generation import GenerateConfig, GenerateStats
 from schemas.samples import SAMPLE_TYPES
 from schemas.settings import get_settings
 from tasks import pricing, store
-from tasks.estimate import estimate
-from tasks.generate import generate, with_settings
-from tasks.plan import plan_requests
 
 console = Console()
 err_console = Console(stderr=True)
@@ -56,6 +53,9 @@ def estimate_command(
     db: DbOption = None,
 ) -> None:
     """Requests, tokens and cost (online vs batch) of what `generate` would send. Sends nothing, writes nothing."""
+    from tasks.estimate import estimate  # imported here: `vistune sql` & co. need not load the engine
+    from tasks.plan import plan_requests
+
     model = model or get_settings().model
     plan = plan_requests(db, sample_types=_types(types), model=model, output_format=output_format,
                          limit_images=limit, max_tokens=max_tokens, dry_run=True)
@@ -109,6 +109,8 @@ def generate_command(
     The API key comes from $OPENAI_API_KEY (or .env / vistune.toml), never from a flag, so it
     stays out of shell history; it is never printed or stored.
     """
+    from tasks.generate import generate, with_settings  # imported here: the openai SDK is slow to import
+
     try:
         config = with_settings(GenerateConfig(
             model=model or get_settings().model, base_url=base_url, format=output_format, mode=mode,
