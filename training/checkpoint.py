@@ -2,6 +2,8 @@
 
 Only trainable weights are stored (a projector is megabytes, a frozen 7B LLM is not re-saved every N
 steps). Resume restores all of it and skips the batches already seen, so the loss trajectory continues.
+Under DeepSpeed the sharded state goes through `accelerator.save_state` instead (not exercised by the
+tests here: DeepSpeed needs GPUs).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import nn
 
 STATE_FILE = "trainer_state.pt"
@@ -25,22 +29,27 @@ class Progress:
     batches_in_epoch: int = 0
 
 
-def save_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, progress: Progress, keep: int) -> Path:
-    """Write `directory/step-N/trainer_state.pt` and drop all but the newest `keep` checkpoints."""
+def save_checkpoint(
+    accelerator: Accelerator, directory: Path, model: nn.Module, optimizer, scheduler, progress: Progress, keep: int
+) -> Path:
+    """Write `directory/step-N/` and drop all but the newest `keep` checkpoints. Call on every process."""
     path = directory / f"step-{progress.step:08d}"
-    path.mkdir(parents=True, exist_ok=True)
-    trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
-    state = {
-        "trainable": trainable,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "progress": asdict(progress),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    torch.save(state, path / STATE_FILE)
-    for old in sorted(directory.glob("step-*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    state: dict = {"scheduler": scheduler.state_dict(), "progress": asdict(progress)}
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # ZeRO shards optimizer state (and weights under stage 3) across ranks: only accelerate can save it.
+        accelerator.save_state(str(path / "accelerate"))
+    else:
+        unwrapped = accelerator.unwrap_model(model)
+        state["trainable"] = {n: p.detach().cpu() for n, p in unwrapped.named_parameters() if p.requires_grad}
+        state["optimizer"] = optimizer.state_dict()
+        state["rng_cpu"] = torch.get_rng_state()
+        state["rng_cuda"] = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    if accelerator.is_main_process:
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path / STATE_FILE)
+        for old in sorted(directory.glob("step-*"))[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return path
 
 
@@ -50,10 +59,14 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> Progress:
+def load_checkpoint(accelerator: Accelerator, path: Path, model: nn.Module, optimizer, scheduler) -> Progress:
     """Restore a checkpoint written by `save_checkpoint` into live objects; returns the progress."""
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    parameters = dict(model.named_parameters())
+    scheduler.load_state_dict(state["scheduler"])
+    if "trainable" not in state:
+        accelerator.load_state(str(path / "accelerate"))
+        return Progress(**state["progress"])
+    parameters = dict(accelerator.unwrap_model(model).named_parameters())
     missing = set(state["trainable"]) - set(parameters)
     if missing:
         raise ValueError(f"checkpoint {path} has weights the model lacks: {sorted(missing)[:3]}; config changed?")
@@ -61,7 +74,6 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> Progr
         for name, value in state["trainable"].items():
             parameters[name].copy_(value.to(parameters[name].device))
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])

@@ -84,7 +84,7 @@ class TrainConfig(BaseModel):
     group_by_length: bool = True
     num_workers: int = 2
     seed: int = 42
-    save_every: int = 500
+    save_every: int = Field(500, ge=1, description="optimizer steps between resumable checkpoints")
     keep_checkpoints: int = 2
     log_every: int = 1
     progress_bar: bool = True

@@ -114,7 +114,7 @@ def train(cfg: TrainConfig, stage_name: StageName, stop_after: int | None = None
     progress = Progress()
     checkpoint = latest_checkpoint(out / "checkpoints") if cfg.resume else None
     if checkpoint is not None:
-        progress = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
+        progress = load_checkpoint(accelerator, checkpoint, model, optimizer, scheduler)
         log.info("resumed %s from %s at step %d", stage_name, checkpoint, progress.step)
     metrics = MetricsLog(out, resume_step=progress.step, tensorboard=accelerator.is_main_process)
     bar = tqdm(
@@ -167,14 +167,9 @@ def train(cfg: TrainConfig, stage_name: StageName, stop_after: int | None = None
             bar.set_postfix(loss=f"{step_loss:.4f}")
             window_losses, window_tokens, window_samples = [], 0, 0
             window_start = time.perf_counter()
-            if progress.step % cfg.save_every == 0 and accelerator.is_main_process:
+            if progress.step % cfg.save_every == 0:
                 save_checkpoint(
-                    out / "checkpoints",
-                    accelerator.unwrap_model(model),
-                    optimizer,
-                    scheduler,
-                    progress,
-                    cfg.keep_checkpoints,
+                    accelerator, out / "checkpoints", model, optimizer, scheduler, progress, cfg.keep_checkpoints
                 )
             if progress.step >= total_steps or progress.step == stop_after:
                 break

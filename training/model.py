@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from transformers import (
     AutoImageProcessor,
     AutoModelForCausalLM,
@@ -147,8 +148,12 @@ def load_model(
             bnb_4bit_compute_dtype=torch.bfloat16,
             llm_int8_skip_modules=QLORA_SKIP_MODULES,
         )
+    device_map = None
+    if quantize_4bit and torch.cuda.is_available():
+        # bitsandbytes quantizes while loading: load straight onto this process's GPU.
+        device_map = {"": PartialState().device}
     return LlavaForConditionalGeneration.from_pretrained(
-        path, dtype=dtype, attn_implementation=attention, quantization_config=quantization
+        path, dtype=dtype, attn_implementation=attention, quantization_config=quantization, device_map=device_map
     )
 
 

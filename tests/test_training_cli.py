@@ -1,0 +1,53 @@
+"""The `python -m training` command line on the tiny config (the demo's path), and the shipped configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from tests.conftest import REPO
+from tests.test_training_support import tiny_config_file
+from training.cli import main
+from training.config import load_config
+
+CONFIGS = REPO / "training" / "configs"
+
+
+@pytest.mark.coco_mini
+def test_cli_runs_stage1_stage2_lora_and_merge(coco_mini, capsys):
+    config = str(tiny_config_file(coco_mini, "cli"))
+    main(["stage1", "--config", config, "stage1.max_steps=2"])
+    main(["stage2", "--config", config, "stage2.method=lora", "stage2.max_steps=2"])
+    main(["merge", "--config", config])
+    stage1_final, stage2_final, merged = (Path(line) for line in capsys.readouterr().out.split())
+    assert (stage1_final / "model.safetensors").exists()
+    assert (stage2_final / "adapter_config.json").exists()
+    assert LlavaForConditionalGeneration.from_pretrained(merged).config.model_type == "llava"
+    assert AutoProcessor.from_pretrained(merged).image_token == "<image>"
+    cfg = load_config(config)
+    assert merged == cfg.merged_dir and stage1_final == cfg.stage_dir("stage1") / "final"
+    assert yaml.safe_load((cfg.stage_dir("stage2") / "config.yaml").read_text())["stage2"]["method"] == "lora"
+
+
+def test_cli_rejects_a_malformed_override(tmp_path):
+    (tmp_path / "c.yaml").write_text("seed: 1\n")
+    with pytest.raises(ValueError, match="key=value"):
+        main(["stage1", "--config", str(tmp_path / "c.yaml"), "stage1.learning_rate"])
+
+
+def test_shipped_recipe_holds_the_paper_defaults():
+    cfg = load_config(CONFIGS / "llava_v1_7b.yaml")
+    assert (cfg.projector, cfg.vision_feature_layer, cfg.vision_feature_select_strategy) == ("linear", -2, "default")
+    s1, s2 = cfg.stage("stage1"), cfg.stage("stage2")
+    assert (s1.learning_rate, s1.batch_size, s1.epochs, s1.template) == (2e-3, 128, 1, "plain")
+    assert (s2.learning_rate, s2.batch_size, s2.epochs, s2.template) == (2e-5, 32, 3, "vicuna_v1")
+    assert (s2.lora_r, s2.lora_alpha, s1.warmup_ratio) == (64, 16, 0.03)
+    for stage in (2, 3):
+        deepspeed = json.loads((CONFIGS / f"zero{stage}.json").read_text())
+        assert deepspeed["zero_optimization"]["stage"] == stage
+        launch = yaml.safe_load((CONFIGS / f"accelerate_zero{stage}.yaml").read_text())
+        assert (REPO / launch["deepspeed_config"]["deepspeed_config_file"]).exists()
