@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,23 @@ def _generate(db: Path, base_url: str, *extra: str) -> subprocess.Popen:
     cmd = [*CLI, "generate", "--db", str(db), "--base-url", base_url, "--model", "gpt-4o-mini",
            "--types", "complex_reasoning", "--no-progress", *extra]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# The duckdb CLI (`pip install duckdb-cli`) in read-only mode, when on PATH; it reads files written by
+# the Python package. Unlike `vistune sql` it does not wait for the writer's lock, so it is retried.
+DUCKDB_CLI = shutil.which("duckdb")
+
+
+def _duckdb_cli_count(db: Path, within_s: float = 5.0) -> int:
+    deadline = time.monotonic() + within_s
+    while True:
+        result = subprocess.run([DUCKDB_CLI, "-readonly", "-csv", "-noheader", str(db), "-c",
+                                 "SELECT count(*) FROM responses"], capture_output=True, text=True, timeout=30)
+        if result.returncode == 0:
+            return int(result.stdout.strip())
+        if time.monotonic() > deadline:
+            raise AssertionError(f"duckdb CLI got no answer within {within_s}s: {result.stderr}")
+        time.sleep(0.05)
 
 
 def _wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -94,8 +112,9 @@ def test_readers_get_answers_within_5s_while_generate_writes(tmp_path: Path) -> 
         writer = _generate(db, sim.base_url, "--concurrency", "8")
         try:
             _wait_for(lambda: any(journal_dir(db).glob("*.lock")), 60, "generate to start")
-            timings = []
-            counts = []
+            timings: list[float] = []
+            counts: list[int] = []
+            cli_answers: list[int] = []
             while writer.poll() is None and len(timings) < 6:
                 start = time.monotonic()
                 # `--timeout 5`: the reader gives up (exit 1) if the writer keeps it out for 5 s,
@@ -107,12 +126,15 @@ def test_readers_get_answers_within_5s_while_generate_writes(tmp_path: Path) -> 
                 timings.append(time.monotonic() - start)
                 assert reader.returncode == 0, reader.stderr
                 counts.append(int(reader.stdout.strip().splitlines()[-1]))
+                if DUCKDB_CLI:
+                    cli_answers.append(_duckdb_cli_count(db))
         finally:
             out, _ = writer.communicate(timeout=240)
         assert writer.returncode == 0, out
     assert len(timings) >= 2, "generate finished before two readers ran: make the run longer"
     assert counts == sorted(counts)  # readers see committed progress, never a rollback
     assert counts[-1] > 0  # and they see it while the run is going
+    assert not DUCKDB_CLI or len(cli_answers) == len(counts)
     assert store.query("SELECT count(*) AS n FROM responses WHERE status = 'ok'", path=db)[0]["n"] == n
 
 
