@@ -51,3 +51,27 @@ def test_linear_projector_keeps_its_second_layer_the_identity(coco_mini, tmp_pat
     assert model.config.projector_hidden_act == "linear"
     torch.testing.assert_close(projector.linear_2.weight, torch.eye(projector.linear_2.weight.shape[0]))
     assert torch.count_nonzero(projector.linear_2.bias) == 0
+
+
+def test_batches_whose_replies_were_truncated_away_do_not_poison_training(coco_mini):
+    from tests.test_training_support import tiny_config_file
+    from training.loop import train
+
+    # bos + 16 image tokens fill model_max_length: no caption token survives truncation
+    cfg = load_config(tiny_config_file(coco_mini, "truncated"), ["model_max_length=17", "stage1.max_steps=2"])
+    train(cfg, "stage1")
+    assert [record["loss"] for record in read_metrics(cfg.stage_dir("stage1") / "metrics.jsonl")] == [0.0, 0.0]
+
+
+def test_data_loader_workers_give_the_same_losses_as_the_main_process(coco_mini):
+    from tests.test_training_support import tiny_config_file
+    from training.loop import train
+
+    losses = {}
+    for workers in (0, 2):
+        cfg = load_config(
+            tiny_config_file(coco_mini, f"workers-{workers}"), [f"num_workers={workers}", "stage1.max_steps=2"]
+        )
+        train(cfg, "stage1")
+        losses[workers] = [record["loss"] for record in read_metrics(cfg.stage_dir("stage1") / "metrics.jsonl")]
+    assert len(losses[0]) == 2 and losses[0] == losses[2]

@@ -8,6 +8,7 @@ then silently masks the whole sample, we raise `TokenizationMismatch` naming the
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from training.model import IMAGE_TOKEN, num_image_tokens
 from training.templates import TEMPLATES, Segment
 
 IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
 
 
 class TokenizationMismatch(ValueError):
@@ -157,6 +159,8 @@ class LlavaJsonDataset(Dataset):
         ids, labels = expand_and_truncate(
             ids, labels, self.image_token_id, self.image_tokens, self.max_length, sample_id
         )
+        if all(label == IGNORE_INDEX for label in labels):
+            log.warning("sample %s: no reply tokens left within model_max_length %d", sample_id, self.max_length)
         pixels = None
         if has_image:
             image = load_rgb(self.image_root / record["image"])

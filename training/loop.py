@@ -17,7 +17,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from training.checkpoint import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import StageName, TrainConfig, dump_config
-from training.data import Collator, LlavaJsonDataset, load_records
+from training.data import IGNORE_INDEX, Collator, LlavaJsonDataset, load_records
 from training.lora import apply_lora
 from training.metrics import MetricsLog, plot_loss
 from training.model import load_for_stage, resolve_dtype
@@ -135,7 +135,10 @@ def train(cfg: TrainConfig, stage_name: StageName, stop_after: int | None = None
         (batches.set_epoch if hasattr(batches, "set_epoch") else sampler.set_epoch)(progress.epoch)
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                outputs = model(**batch)
+                # A batch whose labels were all truncated away has a NaN mean loss; contribute zero instead.
+                has_labels = bool((batch["labels"] != IGNORE_INDEX).any())
+                loss = outputs.loss if has_labels else outputs.logits.sum() * 0.0
                 accelerator.backward(loss)
                 window_losses.append(loss.detach())
                 window_tokens += int(batch["attention_mask"].sum())

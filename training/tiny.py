@@ -84,7 +84,7 @@ def build_tiny_base_models(
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=1024,
         tie_word_embeddings=False,
         # Wider than Llama's 0.02 so a frozen random LLM can still express peaked next-token distributions.
         initializer_range=initializer_range,
@@ -103,7 +103,7 @@ def write_tiny_config(path: Path, vision_path: Path, llm_path: Path, **fields: o
         "vision_model": str(vision_path),
         "llm": str(llm_path),
         "projector": "mlp2x_gelu",
-        "model_max_length": 256,
+        "model_max_length": 512,
         "dtype": "float32",
         "gradient_checkpointing": False,
         "num_workers": 0,
