@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections import Counter
 
@@ -11,10 +12,11 @@ import openai
 import pytest
 
 from tasks.formats import OutputFormatError, json_schema, parse
-from tests.sim import FAULT_NAMES, SimConfig, start_simulator, start_simulator_process
+from tests.sim import FAULT_NAMES, SimConfig, answered, answered_twice, start_simulator, start_simulator_process
 from tests.sim.__main__ import parse_args
 from tests.sim.content import detect_sample_type
 from tests.sim.faults import Dice
+from tests.sim.server import bind_socket
 from tests.sim.tokens import PrefixCache, tiktoken_tokens
 
 TYPES = ("conversation", "detail_description", "complex_reasoning")
@@ -263,6 +265,7 @@ def test_a_retry_of_the_same_body_gets_a_fresh_roll():
         assert 200 in outcomes and len(set(outcomes)) > 1
         assert [r.attempt for r in handle.log] == list(range(1, 13))
         assert len({r.body_hash for r in handle.log}) == 1
+        assert answered_twice(handle.log) == {handle.log[0].body_hash: outcomes.count(200)}
 
 
 def test_a_hang_outlasts_the_client_timeout_and_is_logged_unanswered():
@@ -403,8 +406,18 @@ def test_process_serves_and_logs_every_request_to_jsonl(tmp_path):
                 codes.append(exc.status_code)
         log = proc.read_log()
         assert [r["status"] for r in log] == codes and len({r["body_hash"] for r in log}) == 4
+        assert len(answered(log)) == codes.count(200) and answered_twice(log) == {}
         assert proc.stats["requests"] == 4
     assert proc.process.returncode is not None and len(log_path.read_text().splitlines()) == 4
+
+
+def test_listening_socket_says_tcp_so_asyncio_disables_nagle():
+    # Without proto=IPPROTO_TCP asyncio skips TCP_NODELAY and every h11 response waits ~40 ms.
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
 
 
 def test_command_line_flags_map_to_the_config():

@@ -62,7 +62,7 @@ class SimulatorApp:
         started = time.time()
         request_id = sim.next_id("req_")
         raw = await http.body()
-        entry = ServedRequest(started, "POST", "/v1/chat/completions", None, request_id)
+        entry = ServedRequest(started, "POST", "/v1/chat/completions", None, request_id, received=started)
         try:
             request = sim.parse(raw, http.headers.get("x-vistune-request-id"))
         except BadRequest as exc:

@@ -33,7 +33,11 @@ class BadRequest(ValueError):
 
 @dataclass(slots=True)
 class ServedRequest:
-    """One line of the served-request log. `status` is None for a hang that was never answered."""
+    """One line of the served-request log. `status` is None for a hang that was never answered.
+
+    `time` is when the outcome was logged (the answer handed to the connection, or the refusal);
+    `received` when the request arrived (they differ by the simulated latency).
+    """
 
     time: float
     method: str
@@ -49,6 +53,7 @@ class ServedRequest:
     client_request_id: str | None = None
     batch_id: str | None = None
     custom_id: str | None = None
+    received: float | None = None
 
 
 @dataclass(slots=True)
@@ -209,6 +214,9 @@ class Simulator:
 
     def record(self, entry: ServedRequest) -> None:
         """Count a served request, keep it in memory and append it to the log file."""
+        entry.time = time.time()
+        if entry.received is None:
+            entry.received = entry.time
         self.stats[f"status_{entry.status}"] += 1
         self.stats["requests"] += 1
         if entry.fault:
