@@ -78,15 +78,31 @@ class ValidateStats:
         return asdict(self)
 
 
+# Responses with content, plus refusals: OpenAI's structured-output refusal has no content, only
+# `message.refusal`, which the engine keeps in `error`.
 _PENDING_SQL = """
-SELECT r.response_id, r.request_id, r.content, r.finish_reason, r.status,
+SELECT r.response_id, r.request_id, r.content, r.finish_reason, r.status, r.error,
        q.image_id, q.sample_type, q.prompt_version, q.model, q.output_format
 FROM responses r JOIN requests q USING (request_id)
-WHERE r.content IS NOT NULL
+WHERE (r.content IS NOT NULL OR r.status = 'refusal')
   AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.response_id = r.response_id)
   AND NOT EXISTS (SELECT 1 FROM rejects j WHERE j.response_id = r.response_id)
 ORDER BY r.response_id
 """
+
+
+def validate_response(row: dict[str, Any], thresholds: ContentThresholds | None = None) -> ValidationResult:
+    """Validate one stored response (a `_PENDING_SQL` row), adding what its engine status already says."""
+    if row["status"] == "refusal":
+        refused = Reject(code=RejectCode.REFUSAL, detail=row.get("error") or "the model refused")
+        if row["content"] is None or not row["content"].strip():
+            return ValidationResult(rejects=[refused])
+        result = validate_output(row["sample_type"], row["output_format"], row["content"], row["finish_reason"],
+                                 thresholds)
+        if RejectCode.REFUSAL in {r.code for r in result.rejects}:
+            return result
+        return ValidationResult(rejects=[*result.rejects, refused])
+    return validate_output(row["sample_type"], row["output_format"], row["content"], row["finish_reason"], thresholds)
 
 
 def validate_pending(
@@ -106,8 +122,7 @@ def validate_pending(
         rejects: list[RejectRow] = []
         now = utcnow()
         for row in pending[start : start + batch_size]:
-            result = validate_output(row["sample_type"], row["output_format"], row["content"], row["finish_reason"],
-                                     thresholds)
+            result = validate_response(row, thresholds)
             if result.ok:
                 samples.append(SampleRow(
                     sample_id=sample_id_for(row["response_id"]), request_id=row["request_id"],

@@ -33,7 +33,8 @@ def add_images(db: Path, coco_root: Path, image_ids: list[int], split: str = "tr
 
 def add_response(db: Path, *, image_id: int, sample_type: str, content: str | None,
                  output_format: str = "llava-text", finish_reason: str | None = "stop", status: str = "ok",
-                 model: str = "test-model", cost_usd: float = 0.001, attempt: int = 1) -> str:
+                 model: str = "test-model", cost_usd: float = 0.001, attempt: int = 1,
+                 error: str | None = None) -> str:
     """A request and one response to it; returns the response id."""
     request_id = stable_hash("req", image_id, sample_type, content, output_format, model)
     response_id = stable_hash("resp", request_id, attempt)
@@ -44,7 +45,7 @@ def add_response(db: Path, *, image_id: int, sample_type: str, content: str | No
         insert_rows(con, ResponseRow, [ResponseRow(
             response_id=response_id, request_id=request_id, attempt=attempt, status=status, http_status=200,
             content=content, finish_reason=finish_reason, prompt_tokens=100, completion_tokens=50,
-            cost_usd=cost_usd, created_at=T0)])
+            cost_usd=cost_usd, error=error, created_at=T0)])
     return response_id
 
 
