@@ -23,7 +23,7 @@ with other parameters are removed, unchanged rows keep their `created_at`), so r
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,7 @@ class DedupStats:
     rows_added: int = 0
     rows_removed: int = 0
     seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and Prefect artifacts)."""
@@ -168,10 +169,11 @@ def _shingle_sql(ngram: int) -> str:
     """
 
 
-def find_duplicates(samples: pa.Table, params: DedupParams) -> tuple[pa.Table, dict[str, int]]:
+def find_duplicates(samples: pa.Table, params: DedupParams) -> tuple[pa.Table, dict[str, float]]:
     """Duplicates among `samples` (sample_id, image_id, sample_type, text, created_at): the core, no I/O.
 
-    Returns a table (sample_id, duplicate_of, method, similarity) and counts of each step.
+    Returns a table (sample_id, duplicate_of, method, similarity), the row counts of each step
+    (`docs`, `exact`, `candidates`, `verified`) and each step's seconds (keys ending in `_s`).
     """
     bands, rows = params.banding()
     con = duckdb.connect()
@@ -285,6 +287,7 @@ def dedup(
     stats.verified_pairs = counts["verified"]
     stats.near_duplicates = len(found) - counts["exact"]
     stats.survivors = stats.samples - len(found)
+    stats.step_seconds = {k: v for k, v in counts.items() if k.endswith("_s")}
     now = utcnow()
     with write(db_path) as con:
         before = con.execute("SELECT count(*) FROM duplicates").fetchall()[0][0]
