@@ -189,3 +189,54 @@ def test_a_failing_training_stage_fails_the_flow(tmp_path: Path) -> None:
     assert state.is_failed()
     with pytest.raises(Exception, match="exited with code 7"):
         state.result()
+
+
+def test_api_key_from_a_secret_block_reaches_the_endpoint_but_no_log(
+    db_path: Path, sample_coco: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.blocks.system import Secret
+
+    secret = "sk-test-from-block-0123456789"
+    Secret(value=secret).save("vistune-test-key", overwrite=True)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("VISTUNE_SECRET_BLOCK", "vistune-test-key")
+    ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
+    from tasks import llm_client
+
+    seen: list[str | None] = []
+    make_client = llm_client.make_client
+
+    def spy(**kwargs: object) -> object:  # the key the engine hands to the OpenAI client
+        seen.append(kwargs.get("api_key"))  # type: ignore[arg-type]
+        return make_client(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(llm_client, "make_client", spy)
+    with start_simulator(SimConfig()) as sim:
+        stats = generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",
+                                             sample_types=["conversation"], limit_images=1))
+    assert stats.done == 1
+    assert seen == [secret]
+    logs = asyncio.run(all_logs())
+    assert logs and not any(secret in line for line in logs)
+
+
+async def all_logs() -> list[str]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return [log.message for log in await client.read_logs()]
+
+
+def test_vistune_run_cli(db_path: Path, sample_coco: Path, sim: object, tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import get_app
+
+    monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)  # type: ignore[attr-defined]
+    result = CliRunner().invoke(get_app(), ["run", "--coco", str(sample_coco), "--db", str(db_path),
+                                            "--model", "gpt-4o-mini", "--export-dir", str(tmp_path / "export")])
+    assert result.exit_code == 0, result.output
+    assert chat_calls(sim) == 12
+    assert (tmp_path / "export" / "llava_instruct.json").exists()
+    assert store.table_counts(db_path)["dataset"] > 0
