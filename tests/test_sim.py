@@ -180,6 +180,20 @@ def test_rpm_limit_answers_429_with_retry_after_and_headers():
         assert handle.log[-1].attempt == 0  # a rejected request is not an attempt: fault rolls stay put
 
 
+def test_a_short_rate_window_allows_only_a_small_burst():
+    with start_simulator(SimConfig(rpm=600, rate_window_s=0.5)) as handle:  # 10/s, bursts of 5
+        client = other_client(handle)
+        codes = []
+        for i in range(8):
+            try:
+                client.chat.completions.create(model="m", messages=messages(f"{BEACH}\nShot {i}."))
+                codes.append(200)
+            except openai.RateLimitError as exc:
+                codes.append(429)
+                assert int(exc.response.headers["retry-after-ms"]) <= 100
+        assert codes[:5] == [200] * 5 and 429 in codes[5:]
+
+
 def test_tpm_limit_counts_prompt_plus_max_tokens():
     with start_simulator(SimConfig(tpm=300)) as handle:
         client = other_client(handle)

@@ -81,7 +81,8 @@ class SimulatorApp:
             if math.isinf(wait):
                 message = (
                     f"Request too large for {request.body['model']} on tokens per min (TPM): "
-                    f"Limit {sim.config.tpm}, Requested {request.prompt_tokens + (request.max_tokens or 0)}."
+                    f"Limit {sim.config.tpm} (burst {sim.limits.tokens.capacity:.0f}), "
+                    f"Requested {request.prompt_tokens + (request.max_tokens or 0)}."
                 )
             else:
                 message = (

@@ -35,6 +35,9 @@ class SimConfig(BaseModel):
 
     rpm: int | None = Field(None, gt=0, description="requests per minute; None = unlimited")
     tpm: int | None = Field(None, gt=0, description="tokens per minute; None = unlimited")
+    rate_window_s: float = Field(
+        60.0, gt=0, le=60, description="burst size in seconds of refill: 60 = a minute's worth, 1 = per-second limits"
+    )
 
     fault_429: float = Field(0.0, ge=0, le=1, description="injected 429 rate_limit_exceeded")
     fault_5xx: float = Field(0.0, ge=0, le=1, description="injected server errors, half 500 and half 503")

@@ -87,7 +87,7 @@ class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.dice = Dice(config)
-        self.limits = RateLimits(config.rpm, config.tpm)
+        self.limits = RateLimits(config.rpm, config.tpm, config.rate_window_s)
         self.counter = TokenCounter(config.token_counter)
         self.counter.text("warm up")  # load the encoding now, not inside the first timed request
         self.prefix_cache = PrefixCache(config.cache_min_tokens, config.cache_block_tokens)

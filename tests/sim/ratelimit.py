@@ -12,16 +12,17 @@ import time
 
 
 class Bucket:
-    """Holds up to `limit` units and refills at `limit` per 60 s."""
+    """Refills at `limit` per 60 s and holds `window_s` seconds of refill (60: a minute's worth)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, window_s: float = 60.0) -> None:
         self.limit = limit
         self.rate = limit / 60.0
-        self.level = float(limit)
+        self.capacity = max(1.0, self.rate * window_s)
+        self.level = self.capacity
         self._t = time.monotonic()
 
     def _refill(self, now: float) -> None:
-        self.level = min(self.limit, self.level + (now - self._t) * self.rate)
+        self.level = min(self.capacity, self.level + (now - self._t) * self.rate)
         self._t = now
 
     def wait_s(self, amount: float, now: float) -> float:
@@ -38,7 +39,7 @@ class Bucket:
 
     def reset_s(self) -> float:
         """Seconds until the bucket is full again."""
-        return max(0.0, (self.limit - self.level) / self.rate)
+        return max(0.0, (self.capacity - self.level) / self.rate)
 
 
 def format_duration(seconds: float) -> str:
@@ -54,9 +55,9 @@ def format_duration(seconds: float) -> str:
 class RateLimits:
     """The RPM and TPM buckets of one simulator (None = that limit is off)."""
 
-    def __init__(self, rpm: int | None, tpm: int | None) -> None:
-        self.requests = Bucket(rpm) if rpm else None
-        self.tokens = Bucket(tpm) if tpm else None
+    def __init__(self, rpm: int | None, tpm: int | None, window_s: float = 60.0) -> None:
+        self.requests = Bucket(rpm, window_s) if rpm else None
+        self.tokens = Bucket(tpm, window_s) if tpm else None
 
     def admit(self, tokens: int) -> tuple[float, str | None]:
         """Take one request and `tokens` if both fit; else (seconds to wait, "requests" or "tokens")."""
@@ -64,7 +65,7 @@ class RateLimits:
         if self.requests is not None and (wait := self.requests.wait_s(1, now)) > 0:
             return wait, "requests"
         if self.tokens is not None:
-            if tokens > self.tokens.limit:
+            if tokens > self.tokens.capacity:
                 return math.inf, "tokens"
             if (wait := self.tokens.wait_s(tokens, now)) > 0:
                 return wait, "tokens"
