@@ -126,6 +126,8 @@ class SimProcess:
         if config.log_path is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="vistune-sim-")
             config = config.model_copy(update={"log_path": Path(self._tmpdir.name) / "served.jsonl"})
+        else:  # the child runs in the repo root; a relative path must mean the same file to both
+            config = config.model_copy(update={"log_path": config.log_path.resolve()})
         self.config = config
         self.log_path: Path = config.log_path  # type: ignore[assignment]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
