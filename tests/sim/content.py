@@ -180,20 +180,21 @@ class SampleWriter:
 
     def description(self) -> str:
         first, *rest = self.captions
-        sentences = [f"The image shows {_clause(first)}."]
-        openers = ["The picture also shows", "One can also see", "In addition, there is"]
+        sentences = [f"In the image, {_clause(first)}."]
+        openers = ["Also,", "In addition,", "Looking closer,"]
         sentences += [_sentence(f"{self.rng.choice(openers)} {_clause(c)}") for c in rest[:3]]
         if inv := self.inventory():
             sentences.append(inv)
         subject = self.rng.choice(self.facts.subjects)
         sentences.append(f"The {subject} draws the eye and gives the scene its character.")
+        sentences.append("The lighting and the surroundings make the details easy to make out.")
         sentences.append("Overall, the picture captures an ordinary moment with clear, natural detail.")
         return " ".join(sentences)
 
     def question_pool(self) -> list[tuple[str, str]]:
         subjects = self.facts.subjects[:]
         self.rng.shuffle(subjects)
-        pool = [("What is happening in this image?", f"The image shows {self.caption()}. {self.inventory()}".strip())]
+        pool = [("What is happening in this image?", f"In the image, {self.caption()}. {self.inventory()}".strip())]
         for subject in subjects[:3]:
             related = next((c for c in self.captions if subject in c.lower()), self.captions[0])
             pool.append(
@@ -217,7 +218,7 @@ class SampleWriter:
         pool.append(
             (
                 "What is the setting of this scene?",
-                f"The setting suggests {self.caption()}. The surroundings look natural and uncluttered.",
+                f"From what is visible, {self.caption()}. The surroundings look natural and uncluttered.",
             )
         )
         return pool
