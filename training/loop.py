@@ -90,6 +90,8 @@ def train(cfg: TrainConfig, stage_name: StageName, stop_after: int | None = None
     dataset = LlavaJsonDataset(
         load_records(stage.data), cfg.image_root, processor, stage.template, cfg.model_max_length
     )
+    if len(dataset) == 0:
+        raise ValueError(f"{stage_name}.data {stage.data} holds no records")
     sampler = ModalityLengthGroupedSampler(
         dataset.modality_lengths(),
         stage.per_device_batch_size * accelerator.num_processes,
@@ -116,7 +118,7 @@ def train(cfg: TrainConfig, stage_name: StageName, stop_after: int | None = None
     if checkpoint is not None:
         progress = load_checkpoint(accelerator, checkpoint, model, optimizer, scheduler)
         log.info("resumed %s from %s at step %d", stage_name, checkpoint, progress.step)
-    metrics = MetricsLog(out, resume_step=progress.step, tensorboard=accelerator.is_main_process)
+    metrics = MetricsLog(out, resume_step=progress.step, enabled=accelerator.is_main_process)
     bar = tqdm(
         total=total_steps,
         initial=progress.step,

@@ -9,26 +9,32 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-    """Appends one json object per logged step; on resume, drops entries after the resumed step."""
+    """Appends one json object per logged step; on resume, drops entries after the resumed step.
 
-    def __init__(self, directory: Path, resume_step: int = 0, tensorboard: bool = True) -> None:
+    Only the main process writes (`enabled`); the others get a no-op log.
+    """
+
+    def __init__(self, directory: Path, resume_step: int = 0, enabled: bool = True) -> None:
         self.path = directory / METRICS_FILE
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
         directory.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step] if resume_step else []
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(directory / "tensorboard"), purge_step=resume_step + 1 or None)
+        self.writer = SummaryWriter(str(directory / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         """Record `values` at optimizer step `step`."""
+        if not self.enabled:
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, **values}) + "\n")
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
         """Flush TensorBoard."""
