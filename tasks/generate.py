@@ -190,7 +190,8 @@ class _Engine:
         last_flush = time.monotonic()
         while True:
             await asyncio.sleep(min(PROGRESS_EVERY_S, self.config.flush_interval_s))
-            if time.monotonic() - last_flush >= self.config.flush_interval_s:
+            due = time.monotonic() - last_flush >= self.config.flush_interval_s
+            if due or self.journal.pending >= self.config.flush_rows:
                 await asyncio.to_thread(self.journal.flush)
                 last_flush = time.monotonic()
             if on_progress is not None:
