@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, trainers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import LlamaTokenizer, PreTrainedTokenizerFast
 
 from tests.test_training_support import tiny_base
 from training.config import load_config
@@ -24,7 +24,7 @@ from training.data import (
 )
 from training.model import IMAGE_TOKEN, build_base_model, build_processor, num_image_tokens
 from training.sampler import ModalityLengthGroupedSampler
-from training.templates import Segment
+from training.templates import VICUNA_SYSTEM, Segment
 from training.tiny import write_tiny_config
 
 
@@ -72,12 +72,39 @@ MULTI_TURN = {
 }
 
 
-def test_vicuna_labels_decode_to_exactly_the_assistant_replies(processor, image_root):
+@pytest.fixture(scope="module")
+def llama_style_processor(tiny_cfg, tmp_path_factory):
+    """A Vicuna/Llama-style tokenizer (Metaspace "▁" pieces, byte fallback, no pad) built offline."""
+    corpus = [
+        VICUNA_SYSTEM,
+        "USER: What is on the table? ASSISTANT: A red apple and two forks.",
+        "How many forks? Two.",
+    ]
+    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    backend.train_from_iterator(
+        corpus * 3, trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens])
+    )
+    model = json.loads(backend.to_str())["model"]
+    tokenizer = LlamaTokenizer(vocab=model["vocab"], merges=[tuple(merge) for merge in model["merges"]])
+    path = tmp_path_factory.mktemp("llama-tokenizer")
+    tokenizer.save_pretrained(path)
+    processor = build_processor(tiny_cfg.model_copy(update={"llm": str(path)}), patch_size=8)
+    assert processor.tokenizer.tokenize("ASSISTANT: A red")[-2:] == ["▁A", "▁red"]  # word pieces, as in Vicuna
+    return processor
+
+
+@pytest.mark.parametrize("tokenizer_style", ["byte_level_bpe", "llama_sentencepiece"])
+def test_vicuna_labels_decode_to_exactly_the_assistant_replies(
+    tokenizer_style, processor, llama_style_processor, image_root
+):
+    processor = {"byte_level_bpe": processor, "llama_sentencepiece": llama_style_processor}[tokenizer_style]
     dataset = LlavaJsonDataset([MULTI_TURN], image_root, processor, "vicuna_v1", 256)
     example = dataset[0]
     tokenizer = processor.tokenizer
-    decoded = [tokenizer.decode(run) for run in _runs(example.labels)]
-    assert decoded == [" A red apple and two forks.</s>", " Two.</s>"]
+    decoded = [tokenizer.decode(run).strip() for run in _runs(example.labels)]
+    assert decoded == ["A red apple and two forks.</s>", "Two.</s>"]
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     image_positions = [i for i, t in enumerate(example.input_ids) if t == image_id]
     assert len(image_positions) == num_image_tokens(processor) == 16
