@@ -109,7 +109,7 @@ def generate_command(
     The API key comes from $OPENAI_API_KEY (or .env / vistune.toml), never from a flag, so it
     stays out of shell history; it is never printed or stored.
     """
-    from tasks.generate import generate, with_settings  # imported here: the openai SDK is slow to import
+    from tasks.generate import AuthenticationFailed, generate, with_settings  # here: openai is slow to import
 
     try:
         config = with_settings(GenerateConfig(
@@ -130,7 +130,7 @@ def generate_command(
         task_id = progress.add_task(f"generate {config.model}", total=None, failed=0, tokens=0, cost=0.0)
         try:
             stats = generate(db, config, on_progress=_progress_printer(progress, task_id))
-        except ValueError as exc:
+        except (ValueError, AuthenticationFailed) as exc:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
     table = Table(title=f"generate: {config.model} ({config.mode}, {config.format})")

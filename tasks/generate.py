@@ -49,6 +49,10 @@ def with_settings(config: GenerateConfig) -> GenerateConfig:
     return config.model_copy(update=updates) if updates else config
 
 
+class AuthenticationFailed(RuntimeError):
+    """The endpoint rejected the API key: the run stops at once instead of failing every request."""
+
+
 class Budget:
     """`--max-cost-usd`: an attempt may start only if spent + reserved + its own estimate fits."""
 
@@ -161,6 +165,11 @@ class _Engine:
             self.limiter.observe_headers(result.headers)
         if result.status == "rate_limited":
             self.limiter.penalize(result.retry_after_s if result.retry_after_s is not None else 1.0)
+        if result.http_status in (401, 403):  # every other request would fail the same way
+            raise AuthenticationFailed(
+                f"the API refused the key (HTTP {result.http_status}): {result.error}. "
+                "Check OPENAI_API_KEY / --base-url; nothing else was sent after this."
+            )
         return result.status
 
     async def _one(self, request: tuple[Any, ...]) -> None:
@@ -204,10 +213,13 @@ class _Engine:
         queue: asyncio.Queue = asyncio.Queue(maxsize=self.config.concurrency * 2)
         flusher = asyncio.create_task(self._flush_loop(on_progress, started))
         try:
-            async with asyncio.TaskGroup() as group:  # a failing worker cancels the others
-                group.create_task(self._produce(ids, queue))
-                for _ in range(self.config.concurrency):
-                    group.create_task(self._work(queue))
+            try:
+                async with asyncio.TaskGroup() as group:  # a failing worker cancels the others
+                    group.create_task(self._produce(ids, queue))
+                    for _ in range(self.config.concurrency):
+                        group.create_task(self._work(queue))
+            except BaseExceptionGroup as failed:  # surface the cause, not asyncio's wrapper
+                raise failed.exceptions[0] from None
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
@@ -281,6 +293,8 @@ def generate(
     from tasks.plan import plan_requests
 
     config = with_settings(config)
+    if config.api_key is None and config.base_url is None:
+        raise ValueError("no API key: set OPENAI_API_KEY (or --base-url for a local server that needs none)")
     db = store.resolve_db(db_path)
     plan = plan_requests(
         db, sample_types=config.types, model=config.model, output_format=config.format,

@@ -142,3 +142,24 @@ def test_run_params_keep_the_key_out(db_path: Path) -> None:
     params = store.query("SELECT params FROM runs", path=db_path)[0]["params"]
     assert "api_key" not in json.loads(params) and SECRET not in params
     assert not journal_dir(db_path).exists() or list(journal_dir(db_path).iterdir()) == []
+
+
+def test_a_rejected_key_stops_the_run_at_once(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import llm_client
+    from tasks.generate import AuthenticationFailed
+
+    synthetic_images(db_path, 30)
+    plan = plan_requests(db_path, sample_types=["complex_reasoning"], model="gpt-4o-mini")
+    calls = []
+
+    async def unauthorized(client, **kwargs):  # what the SDK reports for a 401
+        calls.append(kwargs["request_id"])
+        return llm_client.Attempt("client_error", http_status=401, error=f"Incorrect API key provided: {SECRET}")
+
+    monkeypatch.setattr(llm_client, "attempt", unauthorized)
+    with start_simulator(SimConfig()) as sim, pytest.raises(AuthenticationFailed, match="HTTP 401"):
+        run_requests_sync(plan.request_ids, db_path=db_path, config=_config(sim, concurrency=2))
+    assert len(calls) <= 2  # one per worker at most, not one per request
+    rows = store.query("SELECT status, http_status FROM responses", path=db_path)
+    assert rows and {r["http_status"] for r in rows} == {401}  # the failed attempts are recorded
+    assert store.query("SELECT status FROM runs", path=db_path)[0]["status"] == "failed"
