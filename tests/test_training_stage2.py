@@ -117,3 +117,14 @@ def test_resume_continues_the_uninterrupted_loss_trajectory(coco_mini):
     b = load_file(interrupted.stage_dir("stage2") / "final" / PROJECTOR_FILE)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_projector_can_have_its_own_learning_rate(coco_mini):
+    overrides = ["stage2.method=lora", "stage2.max_steps=2", "stage2.projector_learning_rate=0"]
+    cfg = _stage2_config(coco_mini, "projector-lr", *overrides)
+    out = train(cfg, "stage2")
+    stage1_projector = load_file(cfg.stage("stage2").init_from / PROJECTOR_FILE)
+    for name, value in load_file(out / "final" / PROJECTOR_FILE).items():
+        torch.testing.assert_close(value, stage1_projector[name], rtol=0, atol=0)  # lr 0: frozen in effect
+    adapter = load_file(out / "final" / "adapter_model.safetensors")
+    assert any("lora_B" in key and value.abs().sum() > 0 for key, value in adapter.items())  # B starts at zero

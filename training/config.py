@@ -32,6 +32,7 @@ class StageConfig(BaseModel):
     method: Method = "full"
     init_from: Path | None = Field(None, description="checkpoint to start from; None builds from the base models")
     learning_rate: float
+    projector_learning_rate: float | None = Field(None, description="projector lr if different (LLaVA-1.5 LoRA: 2e-5)")
     batch_size: int = Field(description="global batch size = per_device x accumulation x processes")
     per_device_batch_size: int = 4
     epochs: float = 1.0

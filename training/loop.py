@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from training.checkpoint import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
-from training.config import StageName, TrainConfig, dump_config
+from training.config import StageConfig, StageName, TrainConfig, dump_config
 from training.data import IGNORE_INDEX, Collator, LlavaJsonDataset, load_records
 from training.lora import apply_lora
 from training.metrics import MetricsLog, plot_loss
 from training.model import load_for_stage, resolve_dtype
 from training.sampler import ModalityLengthGroupedSampler
-from training.stages import freeze_backbones
+from training.stages import freeze_backbones, group_of
 
 log = logging.getLogger(__name__)
 PROJECTOR_FILE = "projector.safetensors"
@@ -45,6 +45,18 @@ def enable_checkpointing(model: torch.nn.Module) -> None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def parameter_groups(model: torch.nn.Module, stage: StageConfig) -> list[dict]:
+    """Trainable parameters, with the projector in its own group when it has its own learning rate."""
+    projector, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (projector if group_of(name) == "projector" else rest).append(parameter)
+    if stage.projector_learning_rate is None:
+        return [{"params": projector + rest}]
+    groups = [{"params": projector, "lr": stage.projector_learning_rate}]
+    return groups + ([{"params": rest}] if rest else [])
 
 
 def _accumulation_steps(batch_size: int, per_device: int, processes: int) -> int:
@@ -106,7 +118,9 @@ def train(cfg: TrainConfig, stage_name: StageName, stop_after: int | None = None
         num_workers=cfg.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched: resume stays exact
     )
-    optimizer = torch.optim.AdamW(trainable, lr=stage.learning_rate, weight_decay=stage.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, stage), lr=stage.learning_rate, weight_decay=stage.weight_decay
+    )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / accumulation)
     total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
@@ -161,7 +175,7 @@ def train(cfg: TrainConfig, stage_name: StageName, stop_after: int | None = None
                     progress.step,
                     {
                         "loss": step_loss,
-                        "lr": scheduler.get_last_lr()[0],
+                        "lr": scheduler.get_last_lr()[-1],  # the LLM group when the projector has its own
                         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                         "epoch": progress.epoch + progress.batches_in_epoch / max(1, len(loader)),
                         "samples_per_s": window_samples * accelerator.num_processes / elapsed,
