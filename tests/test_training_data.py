@@ -126,11 +126,14 @@ def test_plain_template_labels_only_the_caption_and_newline(processor, image_roo
     assert len(example.input_ids) == 1 + 16 + len(_runs(example.labels)[0])
 
 
-def test_image_placeholder_is_added_when_missing_and_rejected_when_doubled(processor, image_root):
-    record = {"id": "no-tag", "image": "rgb.png", "conversations": MULTI_TURN["conversations"][2:]}
+def test_image_placeholder_is_added_or_moved_first_and_rejected_when_doubled(processor, image_root):
     image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    example = LlavaJsonDataset([record], image_root, processor, "vicuna_v1", 256)[0]
-    assert example.input_ids.count(image_id) == 16
+    missing = {"id": "no-tag", "image": "rgb.png", "conversations": MULTI_TURN["conversations"][2:]}
+    trailing = json.loads(json.dumps(MULTI_TURN))
+    trailing["conversations"][0]["value"] = "What is on the table?\n<image>"
+    examples = LlavaJsonDataset([missing, trailing, MULTI_TURN], image_root, processor, "vicuna_v1", 256)
+    assert examples[0].input_ids.count(image_id) == 16
+    assert examples[1].input_ids == examples[2].input_ids  # "<image>" moved to the front, as LLaVA does
     doubled = json.loads(json.dumps(MULTI_TURN))
     doubled["conversations"][2]["value"] = "<image> again?"
     with pytest.raises(ValueError, match="sample-7"):

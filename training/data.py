@@ -48,21 +48,20 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 def _with_image_placeholder(conversations: list[dict], has_image: bool, sample_id: str) -> list[dict]:
-    """Exactly one `<image>` in the first human turn when the sample has an image, none otherwise."""
+    """With an image: the first human turn starts with `<image>\n` (LLaVA moves it there too). Without: none."""
     count = sum(str(turn.get("value", "")).count(IMAGE_TOKEN) for turn in conversations)
     if not has_image:
         if count:
             raise ValueError(f"sample {sample_id}: text has {IMAGE_TOKEN} but the record has no 'image'")
         return conversations
-    if count > 1:
-        raise ValueError(f"sample {sample_id}: {count} {IMAGE_TOKEN} placeholders; one image per sample is supported")
     first = dict(conversations[0])
     value = str(first.get("value", ""))
-    if count == 0 or IMAGE_TOKEN not in value:
-        if count:
-            raise ValueError(f"sample {sample_id}: {IMAGE_TOKEN} must be in the first human turn")
-        value = f"{IMAGE_TOKEN}\n{value}"  # LLaVA's convention for records that omit it
-    first["value"] = value
+    if count > 1 or count != value.count(IMAGE_TOKEN):
+        raise ValueError(
+            f"sample {sample_id}: {count} {IMAGE_TOKEN} placeholders; one image per sample is supported and "
+            "its placeholder must be in the first human turn"
+        )
+    first["value"] = f"{IMAGE_TOKEN}\n{value.replace(IMAGE_TOKEN, '').strip()}"
     return [first, *conversations[1:]]
 
 
