@@ -121,8 +121,9 @@ def test_budget_stops_new_requests(db_path: Path) -> None:
         capped = one.model_copy(update={"max_cost_usd": cap})
         stats = run_requests_sync(plan.request_ids, db_path=db_path, config=capped)
         sent = len(_chat_log(sim))
-    assert stats.cost_usd <= cap
-    assert 5 <= stats.done <= 11
+    assert stats.cost_usd <= cap  # never passes the cap
+    assert cap - stats.cost_usd < 2 * first.cost_usd  # and stops only when about one request's worth is left
+    assert stats.done >= 5
     assert stats.final_by_status["budget_exceeded"] == stats.failed == len(plan.request_ids) - 1 - stats.done
     assert sent == 1 + stats.attempts  # attempts counts HTTP calls; budget_exceeded rows were never sent
     skipped = store.query("SELECT count(DISTINCT request_id) AS n FROM responses WHERE status = 'budget_exceeded' "
