@@ -114,6 +114,25 @@ def test_vicuna_labels_decode_to_exactly_the_assistant_replies(
     assert example.pixel_values.shape == (3, 32, 32)
 
 
+def test_saved_chat_template_renders_the_training_format(processor, tmp_path):
+    from transformers import AutoProcessor
+
+    from training.templates import vicuna_v1
+
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    turns = MULTI_TURN["conversations"]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is on the table?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": turns[1]["value"]}]},
+        {"role": "user", "content": [{"type": "text", "text": turns[2]["value"]}]},
+    ]
+    prompt = reloaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    trained = "".join(segment.text for segment in vicuna_v1(turns, "s", "</s>"))
+    assert prompt == trained.removesuffix(" Two.</s>")
+    assert prompt.endswith("USER: How many forks? ASSISTANT:")
+
+
 def test_plain_template_labels_only_the_caption_and_newline(processor, image_root):
     record = {
         "id": "cap-1",

@@ -29,6 +29,7 @@ from transformers import (
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from training.config import StageConfig, TrainConfig
+from training.templates import vicuna_v1_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def build_processor(cfg: TrainConfig, patch_size: int) -> LlavaProcessor:
         # CLIP prepends a CLS token; "default" drops it again, so tokens == patches.
         num_additional_image_tokens=1,
         image_token=IMAGE_TOKEN,
+        chat_template=vicuna_v1_chat_template(tokenizer.eos_token),
     )
 
 

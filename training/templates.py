@@ -61,4 +61,28 @@ def vicuna_v1(conversations: list[dict], sample_id: str, eos: str) -> list[Segme
     return segments
 
 
+def vicuna_v1_chat_template(eos: str) -> str:
+    """The `vicuna_v1` format as a Jinja chat template, saved with the processor so `apply_chat_template`
+    (and servers such as vLLM) build exactly the prompts the model was trained on."""
+    return (
+        "{%- set ns = namespace(system='" + VICUNA_SYSTEM.replace("'", "\\'") + "') -%}"
+        "{%- for message in messages if message['role'] == 'system' -%}"
+        "{%- set ns.system = message['content'] if message['content'] is string else "
+        "message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') -%}"
+        "{%- endfor -%}"
+        "{{- ns.system + ' ' -}}"
+        "{%- for message in messages if message['role'] != 'system' -%}"
+        "{%- if message['content'] is string -%}{%- set text = message['content'] -%}{%- set images = 0 -%}"
+        "{%- else -%}"
+        "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') "
+        "| map(attribute='text') | join(' ') -%}"
+        "{%- set images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
+        "{%- endif -%}"
+        "{%- if message['role'] == 'user' -%}{{- 'USER: ' + '<image>\\n' * images + text | trim + ' ' -}}"
+        "{%- else -%}{{- 'ASSISTANT: ' + text | trim + '" + eos + "' -}}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+    )
+
+
 TEMPLATES: dict[str, Callable[[list[dict], str, str], list[Segment]]] = {"plain": plain, "vicuna_v1": vicuna_v1}
