@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 
 from schemas.curation import ContentThresholds, Reject, RejectCode
 
@@ -17,32 +19,57 @@ Rule = Callable[[Turns, str, ContentThresholds], list[Reject]]
 
 # The prompts hand the LLM captions and boxes it must write as if it saw the image; these phrases
 # give the game away. Plain mentions of numbers, sizes or "the image shows" are fine.
-HIDDEN_INPUT_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        r"\bcaptions?\b",
-        r"\b(?:descriptions?|annotations?|information)\s+(?:provided|given)\b",
-        r"\b(?:provided|given)\s+(?:descriptions?|annotations?|information|context)\b",
-        r"\b(?:based on|according to|from|in)\s+the\s+(?:descriptions?|annotations?)\b",
-        r"\bbounding[\s-]*box(?:es)?\b",
-        r"\bbox coordinates?\b",
-        # a bracketed list of two or more fractions, as the boxes are written: [0.12, 0.34, ...]
-        r"[\[(]\s*-?\d*\.\d+\s*(?:,\s*-?\d*\.\d+\s*)+[\])]?",
-    )
+HIDDEN_INPUT_PATTERNS: tuple[str, ...] = (
+    r"\bcaptions?\b",
+    r"\b(?:descriptions?|annotations?|information)\s+(?:provided|given)\b",
+    r"\b(?:provided|given)\s+(?:descriptions?|annotations?|information|context)\b",
+    r"\b(?:based on|according to|from|in)\s+the\s+(?:descriptions?|annotations?)\b",
+    r"\bbounding[\s-]*box(?:es)?\b",
+    r"\bbox coordinates?\b",
+    # a bracketed list of two or more fractions, as the boxes are written: [0.12, 0.34, ...]
+    r"[\[(]\s*-?\d*\.\d+\s*(?:,\s*-?\d*\.\d+\s*)+[\])]?",
 )
 
-REFUSAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        r"\bas an ai\b",
-        r"\bas a (?:large )?language model\b",
-        r"\bI(?:'m| am) (?:sorry|afraid)\b",
-        r"^\s*sorry\b",
-        r"\bI (?:cannot|can't|can not|won't|am unable to|'m unable to|am not able to|'m not able to) "
-        r"(?:help|assist|provide|comply|fulfil|fulfill|see|view|access|describe|answer|generate|create|do that)",
-        r"\bI (?:do not|don't) have (?:access|the ability)\b",
-    )
+REFUSAL_PATTERNS: tuple[str, ...] = (
+    r"\bas an ai\b",
+    r"\bas a (?:large )?language model\b",
+    r"\bI(?:'m| am) (?:sorry|afraid)\b",
+    r"^\s*sorry\b",
+    r"\bI (?:cannot|can't|can not|won't|am unable to|'m unable to|am not able to|'m not able to) "
+    r"(?:help|assist|provide|comply|fulfil|fulfill|see|view|access|describe|answer|generate|create|do that)",
+    r"\bI (?:do not|don't) have (?:access|the ability)\b",
 )
+
+
+
+@dataclass(frozen=True)
+class Screen:
+    """Case-insensitive patterns behind a cheap substring test: every pattern needs one of `keywords`.
+
+    Most answers contain none of the keywords, so the regex (a slow scan in Python) rarely runs.
+    """
+
+    patterns: tuple[str, ...]
+    keywords: tuple[str, ...]
+
+    @cached_property
+    def regex(self) -> re.Pattern[str]:
+        """All patterns as one alternation."""
+        return re.compile("|".join(f"(?:{p})" for p in self.patterns), re.IGNORECASE)
+
+    def search(self, text: str) -> re.Match[str] | None:
+        """The first match in `text`, or None."""
+        lowered = text.lower()
+        if not any(k in lowered for k in self.keywords):
+            return None
+        return self.regex.search(text)
+
+
+HIDDEN_INPUT = Screen(HIDDEN_INPUT_PATTERNS,
+                      ("caption", "provided", "given", "descript", "annotat", "box", "[", "("))
+REFUSAL = Screen(REFUSAL_PATTERNS, ("as an ai", "language model", "sorry", "afraid", "cannot", "can't", "can not",
+                                    "won't", "unable", "not able", "have access", "have the ability"))
+
 
 def _wordset(text: str) -> frozenset[str]:
     return frozenset(text.split())
@@ -116,18 +143,17 @@ def rule_length(turns: Turns, sample_type: str, t: ContentThresholds) -> list[Re
     return rejects + ([Reject(code=RejectCode.TOO_LONG, detail="; ".join(long))] if long else [])
 
 
-def _first_match(turns: Turns, patterns: tuple[re.Pattern[str], ...]) -> tuple[str, str, re.Match[str]] | None:
+def _first_match(turns: Turns, pattern: Screen) -> tuple[str, str, re.Match[str]] | None:
     for label, text in _labelled(turns):
-        for pattern in patterns:
-            match = pattern.search(text)
-            if match:
-                return label, text, match
+        match = pattern.search(text)
+        if match:
+            return label, text, match
     return None
 
 
 def rule_hidden_input(turns: Turns, sample_type: str, t: ContentThresholds) -> list[Reject]:
     """Mentions of the captions, boxes or coordinates the LLM was given instead of the image."""
-    found = _first_match(turns, HIDDEN_INPUT_PATTERNS)
+    found = _first_match(turns, HIDDEN_INPUT)
     if found is None:
         return []
     label, text, match = found
@@ -136,7 +162,7 @@ def rule_hidden_input(turns: Turns, sample_type: str, t: ContentThresholds) -> l
 
 def rule_refusal(turns: Turns, sample_type: str, t: ContentThresholds) -> list[Reject]:
     """Apologies, AI disclaimers and 'I cannot see the image'."""
-    found = _first_match(turns, REFUSAL_PATTERNS)
+    found = _first_match(turns, REFUSAL)
     if found is None:
         return []
     label, text, match = found
@@ -161,7 +187,8 @@ def rule_repeated_question(turns: Turns, sample_type: str, t: ContentThresholds)
 def rule_non_english(turns: Turns, sample_type: str, t: ContentThresholds) -> list[Reject]:
     """A turn in another script (few ASCII letters) or another Latin-script language (few English stopwords)."""
     for label, text in _labelled(turns):
-        letters = [c for c in text if c.isalpha()]
+        # Most answers are pure ASCII: skip the per-character count for them (it dominates validation time).
+        letters = [] if text.isascii() else [c for c in text if c.isalpha()]
         if len(letters) >= t.english_min_letters:
             ascii_ratio = sum(c.isascii() for c in letters) / len(letters)
             if ascii_ratio < t.english_min_ascii_letter_ratio:

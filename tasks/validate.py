@@ -17,7 +17,7 @@ from schemas.curation import ContentThresholds, Reject, RejectCode, ValidationRe
 from schemas.samples import SampleOutput, question_answer_pairs
 from schemas.tables import RejectRow, SampleRow
 from tasks.formats import OutputFormatError, parse
-from tasks.rules import CONTENT_RULES, REFUSAL_PATTERNS
+from tasks.rules import CONTENT_RULES, REFUSAL
 from tasks.store import insert_rows, read, stable_hash, utcnow, write
 
 # Provider finish reasons that mean the text is not the model's complete answer.
@@ -43,7 +43,7 @@ def validate_output(
     except OutputFormatError as exc:
         rejects.append(Reject(code=RejectCode.MALFORMED, detail=f"{output_format} {sample_type}: {exc}"))
         # A refusal is usually plain prose, so it fails to parse; say so rather than only "malformed".
-        if any(p.search(content) for p in REFUSAL_PATTERNS):
+        if REFUSAL.search(content):
             rejects.append(Reject(code=RejectCode.REFUSAL, detail=f"unparsed content refuses: {content[:80]!r}"))
         return ValidationResult(rejects=rejects)
     turns = question_answer_pairs(output)

@@ -201,3 +201,20 @@ def test_several_codes_reported_together() -> None:
     assert {r.code for r in result.rejects} == {RejectCode.TRUNCATED, RejectCode.TOO_SHORT, RejectCode.HIDDEN_INPUT}
     assert result.output is None
     assert any("captions" in r.detail for r in result.rejects)
+
+
+@pytest.mark.parametrize(("screen", "examples"), [
+    ("HIDDEN_INPUT", ["The Captions say so.", "from the information given,", "the provided context shows",
+                      "in the annotations there is", "its bounding-box is wide", "the box coordinates are",
+                      "at [0.1, 0.2]", "at (.5, .25, .75)"]),
+    ("REFUSAL", ["As an AI, I see none.", "as a large language model", "I am afraid not.", "Sorry, no.",
+                 "I can not see the image.", "I won't answer that.", "I'm not able to view it.",
+                 "I don't have access to images."]),
+])
+def test_keyword_screens_never_hide_a_pattern_match(screen: str, examples: list[str]) -> None:
+    from tasks import rules
+
+    guarded = getattr(rules, screen)
+    for example in examples:
+        assert guarded.regex.search(example), example  # the example is one the patterns mean to catch
+        assert guarded.search(example), f"keywords of {screen} skip {example!r}"
