@@ -35,7 +35,7 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
     r"\bas a (?:large )?language model\b",
     r"\bI(?:'m| am) (?:sorry|afraid)\b",
     r"^\s*sorry\b",
-    r"\bI (?:cannot|can't|can not|won't|am unable to|'m unable to|am not able to|'m not able to) "
+    r"\bI(?: cannot| can't| can not| won't| am unable to|'m unable to| am not able to|'m not able to) "
     r"(?:help|assist|provide|comply|fulfil|fulfill|see|view|access|describe|answer|generate|create|do that)",
     r"\bI (?:do not|don't) have (?:access|the ability)\b",
 )
