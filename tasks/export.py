@@ -112,6 +112,10 @@ class ExportResult:
         out["missing_image_count"] = len(self.missing_images)
         return out
 
+    def __repr__(self) -> str:  # flows log the result: keep it short when thousands of images are missing
+        counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
+        return f"ExportResult(out_dir={self.out_dir!r}, {counts}, missing_images={len(self.missing_images)})"
+
 
 def default_image_root(db_path: str | Path | None) -> Path:
     """The COCO folder the images were ingested from, when they all come from one."""
