@@ -50,16 +50,18 @@ def test_exact_and_near_duplicates_keep_the_earliest_copy(db_path: Path) -> None
         ("s-other", 1, "detail_description", other),
         ("s-exact", 1, "detail_description", "  " + base.upper().replace(".", " !")),
         ("s-near", 1, "detail_description", near),
+        ("s-spaced", 1, "detail_description", " —\t" + base.replace(" ", "\n", 5).replace(" ", " , ", 3) + "…"),
     ])
     stats = dedup(db_path)
     found = duplicates(db_path)
-    assert set(found) == {"s-exact", "s-near"}
+    assert set(found) == {"s-exact", "s-near", "s-spaced"}
+    assert found["s-spaced"]["method"] == "exact" and found["s-spaced"]["duplicate_of"] == "s-base"
     assert found["s-exact"]["duplicate_of"] == "s-base" and found["s-exact"]["method"] == "exact"
     assert found["s-exact"]["similarity"] == 1.0
     assert found["s-near"]["duplicate_of"] == "s-base" and found["s-near"]["method"] == "minhash"
     assert found["s-near"]["similarity"] == pytest.approx(jaccard(base, near))
     assert found["s-near"]["scope"] == "image"
-    assert (stats.exact_duplicates, stats.near_duplicates, stats.survivors) == (1, 1, 2)
+    assert (stats.exact_duplicates, stats.near_duplicates, stats.survivors) == (2, 1, 2)
     assert {r["sample_id"] for r in query("SELECT sample_id FROM dataset", path=db_path)} == {"s-base", "s-other"}
 
 
