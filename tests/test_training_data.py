@@ -234,3 +234,21 @@ def test_config_files_and_overrides(tmp_path):
     )
     with pytest.raises(ValueError, match="lora_rank"):
         load_config(None, ["stage2.lora_rank=8"])
+
+
+def test_vision_tower_loads_from_a_full_clip_checkpoint(tiny_cfg, tmp_path):
+    # openai/clip-vit-large-patch14 (the paper's default) is a full CLIPModel: text tower included.
+    from transformers import CLIPConfig, CLIPModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    clip = CLIPModel(
+        CLIPConfig(text_config=text, vision_config={**vision, "image_size": 32, "patch_size": 8}, projection_dim=16)
+    )
+    clip.save_pretrained(tmp_path)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    model, processor = build_base_model(tiny_cfg.model_copy(update={"vision_model": str(tmp_path)}))
+    loaded = model.model.vision_tower.encoder.layers[1].self_attn.q_proj.weight
+    torch.testing.assert_close(loaded, clip.vision_model.encoder.layers[1].self_attn.q_proj.weight, rtol=0, atol=0)
+    assert num_image_tokens(processor) == model.config.image_seq_length == 16
