@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, trainers
+from transformers import PreTrainedTokenizerFast
 
 from tests.test_training_support import tiny_base
 from training.config import load_config
@@ -74,32 +75,30 @@ MULTI_TURN = {
 
 @pytest.fixture(scope="module")
 def llama_style_processor(tiny_cfg, tmp_path_factory):
-    """A Vicuna/Llama-style tokenizer (Metaspace "▁" pieces, byte fallback, no pad) built offline."""
-    corpus = [
-        VICUNA_SYSTEM,
-        "USER: What is on the table? ASSISTANT: A red apple and two forks.",
-        "How many forks? Two.",
-    ]
-    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
-    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
-    backend.train_from_iterator(
-        corpus * 3, trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens])
-    )
-    model = json.loads(backend.to_str())["model"]
-    tokenizer = LlamaTokenizer(vocab=model["vocab"], merges=[tuple(merge) for merge in model["merges"]])
-    path = tmp_path_factory.mktemp("llama-tokenizer")
-    tokenizer.save_pretrained(path)
+    """A Vicuna-style tokenizer: a sentencepiece BPE `tokenizer.model` (byte fallback, no pad), trained offline
+    and loaded the way Vicuna's is (transformers converts the .model file)."""
+    import sentencepiece
+
+    corpus = [VICUNA_SYSTEM, "USER: What is on the table? ASSISTANT: A red apple and two forks.", "How many forks?"]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus * 20), model_writer=model, vocab_size=400, model_type="bpe",
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("vicuna-style-tokenizer")
+    (path / "tokenizer.model").write_bytes(model.getvalue())
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
     processor = build_processor(tiny_cfg.model_copy(update={"llm": str(path)}), patch_size=8)
-    assert processor.tokenizer.tokenize("ASSISTANT: A red")[-2:] == ["▁A", "▁red"]  # word pieces, as in Vicuna
+    assert "▁A" in processor.tokenizer.tokenize("ASSISTANT: A red")  # word-initial "▁" pieces, as in Vicuna
     return processor
 
 
-@pytest.mark.parametrize("tokenizer_style", ["byte_level_bpe", "llama_sentencepiece"])
+@pytest.mark.parametrize("tokenizer_style", ["byte_level_bpe", "vicuna_sentencepiece"])
 def test_vicuna_labels_decode_to_exactly_the_assistant_replies(
     tokenizer_style, processor, llama_style_processor, image_root
 ):
-    processor = {"byte_level_bpe": processor, "llama_sentencepiece": llama_style_processor}[tokenizer_style]
+    processor = {"byte_level_bpe": processor, "vicuna_sentencepiece": llama_style_processor}[tokenizer_style]
     dataset = LlavaJsonDataset([MULTI_TURN], image_root, processor, "vicuna_v1", 256)
     example = dataset[0]
     tokenizer = processor.tokenizer
