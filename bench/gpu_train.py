@@ -240,7 +240,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's dense bf16 peak")
-    parser.add_argument("--only", nargs="*", default=["stage1", "stage2-full", "stage2-qlora"])
+    configs = ["stage1", "stage2-full", "stage2-qlora"]
+    parser.add_argument("--only", nargs="*", choices=configs, default=configs, help="which rows to run")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="QLoRA base is saved here")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as json")
     args = parser.parse_args()
