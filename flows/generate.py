@@ -70,6 +70,8 @@ def generate_config(params: GenerateParams) -> GenerateConfig:
         base_url=params.base_url or get_settings().openai_base_url,
         api_key=resolve_api_key(params.secret_block),
         format=params.output_format,
+        mode=params.mode,
+        batch_poll_s=params.batch_poll_s,
         concurrency=params.concurrency,
         rpm=params.rpm,
         tpm=params.tpm,
@@ -79,6 +81,26 @@ def generate_config(params: GenerateParams) -> GenerateConfig:
         types=list(params.sample_types),
         limit=params.limit_images,
     )
+
+
+def _run_shards(
+    params: GenerateParams, db: Path, config: GenerateConfig, shards: list[list[str]], progress: GenerationProgress
+) -> None:
+    """One task per shard on the chosen task runner; each shard reports its snapshots to `progress`."""
+    limiter = build_limiter(params, db)
+    shard_task = prefect_tasks.generate_shard.with_options(retries=params.shard_retries)
+    in_process = params.task_runner == "threads"  # a callback cannot cross into Dask worker processes
+    with build_task_runner(params.task_runner, params.max_workers) as runner:
+        futures = {}
+        for index, ids in enumerate(shards):
+            on_progress = (lambda stats, i=index: progress.report(i, stats)) if in_process else None
+            future = runner.submit(shard_task, parameters={
+                "request_ids": ids, "db_path": str(db), "config": config, "limiter": limiter,
+                "on_progress": on_progress,
+            })
+            futures[future] = index
+        for future in as_completed(list(futures)):
+            progress.report(futures[future], future.result())
 
 
 @flow(name="generate", log_prints=True)
@@ -96,25 +118,19 @@ def generate_flow(params: GenerateParams | None = None) -> GenerateStats:
     shards = shard(request_ids, params.shard_size)
     logger.info("%d requests to finish in %d shard(s) of <= %d against %s", len(request_ids), len(shards),
                 params.shard_size, config.base_url or "api.openai.com")
-    if params.max_cost_usd is not None and shards:
+    if params.max_cost_usd is not None and shards and params.mode == "online":
         # Each shard's engine enforces its own cap; an even split keeps the total under the budget.
         config = config.model_copy(update={"max_cost_usd": params.max_cost_usd / len(shards)})
     progress = GenerationProgress(len(request_ids))
-    limiter = build_limiter(params, db)
-    shard_task = prefect_tasks.generate_shard.with_options(retries=params.shard_retries)
-    in_process = params.task_runner == "threads"  # a callback cannot cross into Dask worker processes
-    with build_task_runner(params.task_runner, params.max_workers) as runner:
-        futures = {}
-        for index, ids in enumerate(shards):
-            on_progress = (lambda stats, i=index: progress.report(i, stats)) if in_process else None
-            future = runner.submit(shard_task, parameters={
-                "request_ids": ids, "db_path": str(db), "config": config, "limiter": limiter,
-                "on_progress": on_progress,
-            })
-            futures[future] = index
-        for future in as_completed(list(futures)):
-            progress.report(futures[future], future.result())
-    totals = progress.finish(model=params.model)
+    try:
+        if params.mode == "batch":
+            # One task: the Batch API job does the fan-out; polling resumes from DuckDB on a retry.
+            progress.report("batch", prefect_tasks.generate_batch(
+                request_ids, str(db), config, on_progress=lambda stats: progress.report("batch", stats)))
+        else:
+            _run_shards(params, db, config, shards, progress)
+    finally:
+        totals = progress.finish(model=params.model)
     logger.info("generation finished: %d done, %d already done, %d failed, $%.4f",
                 totals.done, totals.already_ok, totals.failed, totals.cost_usd)
     return totals

@@ -39,6 +39,8 @@ class GenerateParams(_Params):
     limit_images: int | None = Field(default=None, ge=1, description="at most this many images; empty = all")
     model: str = Field(default="gpt-4o")
     output_format: Literal["structured", "llava-text"] = "structured"
+    mode: Literal["online", "batch"] = Field(default="online", description="batch: OpenAI Batch API, ~50% cheaper")
+    batch_poll_s: float = Field(default=30.0, gt=0, description="batch mode: seconds between status polls")
     base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; empty = OPENAI_BASE_URL")
     secret_block: str | None = Field(
         default=None, description="Prefect Secret block with the API key when OPENAI_API_KEY is unset"

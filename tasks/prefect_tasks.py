@@ -59,6 +59,20 @@ def generate_shard(
     )
 
 
+@task(name="generate-batch", retries=2, retry_delay_seconds=[30, 120], **_PLAIN)
+def generate_batch(
+    request_ids: Sequence[str],
+    db_path: str,
+    config: GenerateConfig,
+    on_progress: Callable[[GenerateStats], None] | None = None,
+) -> GenerateStats:
+    """`tasks.batch.run_batch`: OpenAI Batch API jobs, polled until done. Batch ids live in DuckDB,
+    so a retry (or a new run) resumes polling instead of submitting again."""
+    from tasks.batch import run_batch
+
+    return run_batch(db_path, list(request_ids), config, on_progress=on_progress)
+
+
 @task(name="validate", **_PLAIN)
 def validate(db_path: str | None) -> Any:
     """`tasks.validate.validate_pending`: parse and check every response not yet validated."""

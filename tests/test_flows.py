@@ -122,6 +122,21 @@ def test_pipeline_publishes_the_report_and_a_rerun_changes_nothing(
     assert data_counts(db_path) == counts
 
 
+def test_batch_mode_runs_one_batch_task_and_resumes_nothing_twice(
+    db_path: Path, sample_coco: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-batch")
+    ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
+    with start_simulator(SimConfig(batch_delay_s=0.2)) as sim:
+        params = GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini", mode="batch",
+                                batch_poll_s=0.2)
+        stats = generate_flow(params)
+        assert stats.done == 12
+        assert generate_flow(params).done == 0
+        assert sum(1 for r in list(sim.log) if r.path == "/v1/batches" and r.method == "POST") == 1
+    assert ok_per_request(db_path) == [1] * 12
+
+
 class FailOnceLimiter:
     """Wraps the shared limiter; the first shard to reach its 3rd call raises once (a crashed shard)."""
 
