@@ -23,8 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from schemas.generation import GenerateConfig, GenerateStats
 from schemas.settings import get_settings
-from tasks import store
+from tasks import pricing, store
 
+DEFAULT_REAL_BUDGET_USD = 1.0  # a real endpoint costs money: cap the demo unless told otherwise
 SQL_TO_TRY = (
     ("samples per type that survived dedup", "SELECT sample_type, count(*) AS n FROM dataset GROUP BY 1 ORDER BY 1"),
     ("a few samples with their image files",
@@ -120,6 +121,9 @@ def run_demo(
     if not splits:
         raise FileNotFoundError(f"{coco_dir}/annotations has no captions_<split>.json: is it a COCO folder?")
     with endpoint(console) as (base_url, where):
+        if max_cost_usd is None and not where.startswith("simulator") and pricing.known(model):
+            max_cost_usd = DEFAULT_REAL_BUDGET_USD
+            console.print(f"Spending at most ${max_cost_usd:.2f} (--max-cost-usd to change).")
         config = GenerateConfig(model=model, base_url=base_url, limit=limit_images, max_cost_usd=max_cost_usd,
                                 concurrency=16)
         if use_prefect:
