@@ -60,7 +60,9 @@ class ContentThresholds(BaseModel):
     max_question_words: int = 80
     max_rounds: int = 12  # a conversation with more rounds than this is too long
     # Non-English: a turn is checked once it has this many words / letters.
-    english_min_words: int = 8
-    english_min_stopword_ratio: float = 0.12  # English prose runs at ~0.4; other Latin-script languages near 0
+    english_min_words: int = 12
+    # English prose runs at ~0.4, other Latin-script languages near 0-0.1 (most also fail on foreign function
+    # words outnumbering English ones); a bare list of nouns ("apples, pears, ...") sits low, hence 12+ words.
+    english_min_stopword_ratio: float = 0.05
     english_min_letters: int = 12
     english_min_ascii_letter_ratio: float = 0.9

@@ -82,6 +82,13 @@ ENGLISH_STOPWORDS = _wordset(
     do does did has have had if then than so very into onto over under near while which who what where when why how
     also some any all each both more most other such only just up down out about"""
 )
+# Function words of the languages an LLM most often drifts into (French, Spanish, Portuguese, Italian,
+# German, Dutch), none of them an English word.
+FOREIGN_STOPWORDS = _wordset(
+    """le la les des du une et est sur avec dans pour qui que pas sont il elle ils nous vous el los las del y
+    con una por para es como pero muy um uma os não com são il lo gli della che di è sono und der die das den
+    dem ein eine ist nicht mit auf zu von sich auch het een van zijn niet ook"""
+)
 # A text that stops on one of these (or on , ; : - ( ) was cut off mid-sentence.
 DANGLING_WORDS = _wordset("a an the and or but of to in on at by for with from as is are was were that which")
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
@@ -185,7 +192,8 @@ def rule_repeated_question(turns: Turns, sample_type: str, t: ContentThresholds)
 
 
 def rule_non_english(turns: Turns, sample_type: str, t: ContentThresholds) -> list[Reject]:
-    """A turn in another script (few ASCII letters) or another Latin-script language (few English stopwords)."""
+    """A turn in another script (few ASCII letters), or in another Latin-script language: few English
+    function words, or more common French/Spanish/Portuguese/Italian/German/Dutch ones than English ones."""
     for label, text in _labelled(turns):
         # Most answers are pure ASCII: skip the per-character count for them (it dominates validation time).
         letters = [] if text.isascii() else [c for c in text if c.isalpha()]
@@ -196,9 +204,11 @@ def rule_non_english(turns: Turns, sample_type: str, t: ContentThresholds) -> li
                 return [Reject(code=RejectCode.NON_ENGLISH, detail=detail)]
         words = [w.lower() for w in _WORD.findall(text)]
         if len(words) >= t.english_min_words:
-            ratio = sum(w in ENGLISH_STOPWORDS for w in words) / len(words)
-            if ratio < t.english_min_stopword_ratio:
-                detail = f"{label}: {ratio:.0%} English function words: {_quote(text)}"
+            english = sum(w in ENGLISH_STOPWORDS for w in words)
+            foreign = sum(w in FOREIGN_STOPWORDS for w in words)
+            if english / len(words) < t.english_min_stopword_ratio or foreign > english:
+                detail = (f"{label}: {english / len(words):.0%} English and {foreign / len(words):.0%} foreign "
+                          f"function words: {_quote(text)}")
                 return [Reject(code=RejectCode.NON_ENGLISH, detail=detail)]
     return []
 

@@ -165,7 +165,17 @@ def test_non_english() -> None:
     # No spaces, so it is also one "word" long.
     assert conversation(("What color is the bus?", chinese), ("Is it raining?", "Yes, it is.")) == {
         "non_english", "too_short"}
+    german = ("Das Bild zeigt einen Mann in einem Anzug, der an einer Bushaltestelle steht und auf den Bus wartet, "
+              "während es regnet.")
+    assert detail(german + " " + german) == {"non_english"}
+    spanish = ("La imagen muestra un hombre con un traje de tres piezas que camina por una calle mojada, y hay un "
+               "autobús blanco estacionado en la acera.")
+    assert detail(spanish + " " + spanish) == {"non_english"}
     assert conversation(("What is written on the sign?", "The sign says \"Café de Flore\" in gold letters."),
+                        ("Is it raining?", "Yes, it is.")) == set()
+    fruit = "Apples, bananas, oranges, grapes, pears, kiwis, plums, mangoes, lemons, limes, peaches, and cherries."
+    assert conversation(("Which fruits are on the table?", fruit), ("Is it raining?", "Yes, it is.")) == set()
+    assert conversation(("Where was this taken?", "This was taken at La Casa del Sol, a small hotel by the sea."),
                         ("Is it raining?", "Yes, it is.")) == set()
 
 
