@@ -100,18 +100,20 @@ def curate_command(
     db: DbOption = None,
 ) -> None:
     """Validate pending responses, remove duplicates, export, and write the report (no Prefect needed)."""
-    from tasks.dedup import SCOPES, dedup
+    from tasks.dedup import DedupParams, dedup
     from tasks.export import export
     from tasks.report import build_report
     from tasks.validate import validate_pending
 
-    if scope not in SCOPES:
-        err_console.print(f"[red]error:[/red] --scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-        raise typer.Exit(2)
+    try:
+        params = DedupParams(threshold=threshold, scope=scope)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     validated = validate_pending(db)
     console.print(f"validate: {validated.checked:,} responses checked, {validated.samples:,} new samples, "
                   f"{validated.rejected:,} rejected {validated.reject_codes or ''}", highlight=False)
-    deduped = dedup(db, threshold=threshold, scope=scope)
+    deduped = dedup(db, params=params)
     console.print(f"dedup ({scope}, threshold {threshold}): {deduped.exact_duplicates:,} exact + "
                   f"{deduped.near_duplicates:,} near duplicates of {deduped.samples:,} samples; "
                   f"{deduped.survivors:,} kept ({deduped.seconds:.1f} s)", highlight=False)

@@ -76,4 +76,6 @@ def test_curate_cli_runs_every_step(db_path: Path, tmp_path: Path) -> None:
     assert {"llava_instruct.json", "llava_pretrain.parquet", "report.md", "answer_lengths.png"} <= {
         p.name for p in out.iterdir()}
     again = CliRunner().invoke(get_app(), ["curate", "--out", str(out), "--db", str(db_path), "--scope", "moon"])
-    assert again.exit_code == 2
+    assert again.exit_code == 2 and "scope" in again.output
+    again = CliRunner().invoke(get_app(), ["curate", "--out", str(out), "--db", str(db_path), "--threshold", "2"])
+    assert again.exit_code == 2 and "threshold" in again.output
