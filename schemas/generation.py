@@ -53,7 +53,7 @@ class GenerateConfig(BaseModel):
     # journal -> DuckDB cadence: every flush costs ~40 ms of CPU (connection, checkpoint), so it
     # happens every `flush_interval_s` or at `flush_rows` pending rows, whichever comes first;
     # readers see answers that much later, durability comes from the journal meanwhile.
-    flush_interval_s: float = Field(default=5.0, gt=0)
+    flush_interval_s: float = Field(default=10.0, gt=0)
     flush_rows: int = Field(default=2000, ge=1)
     batch_poll_s: float = Field(default=30.0, gt=0)
 
