@@ -101,6 +101,43 @@ def run_vistune(db: Path, ids: list[str], sim_config: SimConfig, concurrency: in
             "http_429": n429, "cpu_ms_per_request": round(1000 * cpu / max(stats.done, 1), 3)}
 
 
+def run_sdk_floor(prompts: Path, n: int, sim_config: SimConfig, rpm: float) -> dict:
+    """The openai SDK alone (the same `post` call our client makes, no engine), paced at `rpm`: the CPU floor."""
+    import asyncio
+
+    from tasks.llm_client import make_client
+
+    bodies = [json.loads(line)["messages"] for line in prompts.open()][:n]
+
+    async def send_all(base_url: str) -> None:
+        client = make_client(base_url=base_url, api_key="sk-bench", timeout=60)
+
+        async def one(i: int, messages: list) -> None:
+            await asyncio.sleep(i * 60 / rpm)
+            raw = await client.post("/chat/completions", cast_to=_http_response(),
+                                    body={"model": MODEL, "messages": messages, "max_tokens": 2048})
+            json.loads(raw.content)
+
+        await asyncio.gather(*(one(i, m) for i, m in enumerate(bodies)))
+        await client.close()
+
+    with start_simulator_process(sim_config) as sim:
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        asyncio.run(send_all(sim.base_url))
+        wall = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return {"client": "openai SDK alone (floor)", "done": len(bodies), "wall_s": round(wall, 1),
+            "overall_req_s": round(len(bodies) / wall, 2), "cpu_ms_per_request": round(1000 * cpu / len(bodies), 3)}
+
+
+def _http_response() -> type:
+    from tasks.llm_client import _http
+
+    return _http.Response
+
+
 def run_curator(python: str, prompts: Path, sim_config: SimConfig, rpm: float, workdir: Path) -> dict:
     """Send the same prompts with curator in its own environment; returns the measured figures or why not.
 
@@ -141,6 +178,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--curator-python", default=str(REPO / ".venv-curator" / "bin" / "python"))
     parser.add_argument("--skip-curator", action="store_true")
+    parser.add_argument("--floor-requests", type=int, default=600, help="requests for the SDK-alone row; 0 = skip")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -162,12 +200,15 @@ def main() -> None:
         else:
             results.append({"client": "curator", "error": f"no curator environment at {args.curator_python}"})
         print(json.dumps(results[-1]), flush=True)
+    if args.floor_requests:
+        results.append(run_sdk_floor(prompts, args.floor_requests, sim_config, args.rpm))
+        print(json.dumps(results[-1]), flush=True)
     ideal = args.rpm / 60
     summary = {"requests": args.requests, "latency_ms": args.latency_ms, "rpm": args.rpm, "ideal_req_s": ideal,
                "results": results}
     ours = results[0]
     summary["vistune_sustained_vs_ideal"] = round(ours["sustained_req_s"] / ideal, 3)
-    if len(results) > 1 and "error" not in results[1]:
+    if len(results) > 1 and results[1]["client"] == "curator" and "error" not in results[1]:
         summary["vistune_over_curator_overall"] = round(ours["overall_req_s"] / results[1]["overall_req_s"], 3)
         summary["curator_cpu_over_vistune_cpu"] = round(
             results[1]["cpu_ms_per_request"] / ours["cpu_ms_per_request"], 2)
