@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -23,6 +23,15 @@ class Settings(BaseSettings):
         default="openai-api-key",
         validation_alias=AliasChoices("VISTUNE_SECRET_BLOCK", "prefect_secret_block"),
     )
+
+    @field_validator("openai_api_key", "openai_base_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `export OPENAI_API_KEY=` means "not set", not "an empty key for api.openai.com".
+        if isinstance(value, str | SecretStr):
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            return text.strip() or None
+        return value
 
     @classmethod
     def settings_customise_sources(
