@@ -42,13 +42,15 @@ def test_readme_has_at_least_five_queries() -> None:
 def test_each_readme_query_answers_with_vistune_sql(demo_db: Path) -> None:
     assert store.table_counts(demo_db)["dataset"] > 0
     runner = CliRunner()
-    answered = 0
+    answered = []
     for sql in readme_queries():
         statement = "\n".join(line for line in sql.splitlines() if not line.startswith("--"))
         result = runner.invoke(get_app(), ["sql", statement, "--db", str(demo_db), "--format", "json"])
         assert result.exit_code == 0, f"{sql}\n{result.output}"
-        answered += result.output.strip() != "[]"
-    assert answered >= 5  # most queries have rows on the demo data (duplicates may legitimately be empty)
+        answered.append(result.output.strip() != "[]")
+    # type mix, cost, statuses and the end-to-end image have rows on the demo's data; rejects,
+    # duplicates and missing images are legitimately empty after a fault-free simulated run
+    assert answered[0] and answered[1] and answered[2] and answered[4], answered
 
 
 def test_each_readme_query_runs_in_the_duckdb_cli(demo_db: Path) -> None:
