@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--reuse", action="store_true", help="reuse workdir/planned.duckdb from an earlier run")
+    parser.add_argument("--flow-first", action="store_true", help="run the flow side first (order effects)")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # 300+ task-run lines would time the terminal
@@ -90,12 +91,17 @@ def main() -> None:
     sim_config = SimConfig(latency_ms=0, token_counter="approx", log_in_memory=False)
     shape = (args.shard_size, args.max_workers, args.concurrency)
     with start_simulator_process(sim_config) as sim, prefect_test_harness(server_startup_timeout=120):
-        plain_s, plan_s, plain_done = run_plain(dbs["plain"], sim.base_url, *shape)
-        print(f"plain: {plain_s:.1f} s (plan {plan_s:.1f} s), {plain_done} done", flush=True)
-        flow_s, flow_done = run_flow(dbs["flow"], sim.base_url, *shape)
-        print(f"flow:  {flow_s:.1f} s, {flow_done} done", flush=True)
+        sides = ["flow", "plain"] if args.flow_first else ["plain", "flow"]
+        for side in sides:
+            if side == "plain":
+                plain_s, plan_s, plain_done = run_plain(dbs["plain"], sim.base_url, *shape)
+                print(f"plain: {plain_s:.1f} s (plan {plan_s:.1f} s), {plain_done} done", flush=True)
+            else:
+                flow_s, flow_done = run_flow(dbs["flow"], sim.base_url, *shape)
+                print(f"flow:  {flow_s:.1f} s, {flow_done} done", flush=True)
     result = {
         "requests": args.requests,
+        "order": " then ".join(sides),
         "shards": -(-args.requests // args.shard_size),
         "shard_size": args.shard_size,
         "max_workers": args.max_workers,
