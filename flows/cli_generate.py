@@ -101,6 +101,9 @@ def generate_command(
     base_url: Annotated[
         str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
     ] = None,
+    flush_interval: Annotated[
+        float, typer.Option(help="Seconds between moves of answers from the journal into DuckDB (what readers see)")
+    ] = 10.0,
     db: DbOption = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
 ) -> None:
@@ -116,6 +119,7 @@ def generate_command(
             model=model or get_settings().model, base_url=base_url, format=output_format, mode=mode,
             concurrency=concurrency, rpm=rpm, tpm=tpm, max_cost_usd=max_cost_usd, timeout=timeout,
             max_attempts=max_attempts, max_tokens=max_tokens, types=_types(types), limit=limit,
+            flush_interval_s=flush_interval,
         ))
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)

@@ -109,7 +109,7 @@ def test_readers_get_answers_within_5s_while_generate_writes(tmp_path: Path) -> 
     synthetic_images(db, n)
     store.ensure_schema(db)
     with start_simulator_process(SimConfig(latency_ms=300, seed=9)) as sim:  # a run of ~12 s
-        writer = _generate(db, sim.base_url, "--concurrency", "8")
+        writer = _generate(db, sim.base_url, "--concurrency", "8", "--flush-interval", "1")
         try:
             _wait_for(lambda: any(journal_dir(db).glob("*.lock")), 60, "generate to start")
             timings: list[float] = []
