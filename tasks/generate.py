@@ -78,15 +78,20 @@ def _load_pending(db_path: Path, ids: Sequence[str]) -> list[tuple[Any, ...]]:
     # The requests among `ids` without an ok response, in the given order.
     with DB_LOCK, store.read(db_path) as con:
         rows = con.execute(
-            "SELECT request_id, sample_type, model, output_format, messages, params, est_input_tokens "
-            "FROM requests q WHERE request_id IN (SELECT unnest(?::VARCHAR[])) AND NOT EXISTS "
-            "(SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'ok')",
+            "SELECT request_id, sample_type, model, output_format, messages, params, est_input_tokens, "
+            "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'ok') "
+            "FROM requests q WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
             [list(ids)],
         ).fetchall()
+    if len(rows) < len(set(ids)):
+        known = {r[0] for r in rows}
+        unknown = [i for i in ids if i not in known]
+        raise ValueError(f"{len(unknown)} request id(s) are not in the `requests` table of {db_path}, "
+                         f"e.g. {unknown[:3]}: plan them first (tasks.plan.plan_requests)")
     order = {rid: i for i, rid in enumerate(ids)}
     # JSON columns arrive as text
     return [(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6])
-            for r in sorted(rows, key=lambda r: order[r[0]])]
+            for r in sorted(rows, key=lambda r: order[r[0]]) if not r[7]]
 
 
 class _Engine:
@@ -101,6 +106,7 @@ class _Engine:
         self.stats = GenerateStats()
         self.budget = Budget(config.max_cost_usd)
         self.avg_completion = float(config.max_tokens)  # pessimistic until answers arrive
+        self.answers = 0
         self.journal = Journal(db_path)
         self.client = llm_client.make_client(base_url=config.base_url, api_key=self.api_key, timeout=config.timeout)
         self.retrying = AsyncRetrying(
@@ -159,8 +165,9 @@ class _Engine:
         s.completion_tokens += result.completion_tokens
         s.cached_tokens += result.cached_tokens
         s.cost_usd += cost
-        if result.completion_tokens:
-            self.avg_completion += (result.completion_tokens - self.avg_completion) * 0.05
+        if result.completion_tokens:  # the budget's estimate of an answer: the mean so far
+            self.answers += 1
+            self.avg_completion = s.completion_tokens / self.answers
         if result.headers:
             self.limiter.observe_headers(result.headers)
         if result.status == "rate_limited":
