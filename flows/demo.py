@@ -55,7 +55,7 @@ def endpoint(console: Console) -> Iterator[tuple[str | None, str]]:
     settings = get_settings()
     if settings.openai_api_key is not None or settings.openai_base_url:
         where = settings.openai_base_url or "https://api.openai.com/v1"
-        console.print(f"[bold]Generating with the configured endpoint {where}[/bold] (this costs real money).")
+        console.print(f"[bold]Generating with the configured endpoint {where}[/bold] (paid endpoints cost money).")
         yield settings.openai_base_url, where
         return
     from tests.sim import SimConfig, start_simulator
