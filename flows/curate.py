@@ -10,18 +10,11 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from schemas.flow_params import CurateParams
 from tasks import prefect_tasks
-from tasks.store import query, resolve_db
+from tasks.export import default_image_root
+from tasks.store import resolve_db
 
 REPORT_KEY = "dataset-report"
 EXPORTS_KEY = "dataset-exports"
-
-
-def default_image_root(db_path: str | Path | None) -> str:
-    """The COCO folder the images were ingested from (exports name images relative to it)."""
-    roots = [r["coco_root"] for r in query("SELECT DISTINCT coco_root FROM images ORDER BY 1", path=db_path)]
-    if len(roots) != 1:
-        raise ValueError(f"images come from {len(roots)} COCO folders {roots}: pass image_root explicitly")
-    return roots[0]
 
 
 def publish_report(report: Any, export_dir: Path) -> None:
@@ -49,7 +42,7 @@ def curate_flow(params: CurateParams | None = None) -> dict[str, Any]:
     logger.info("validation: %s", validated)
     deduped = prefect_tasks.dedup(db, params.dedup_threshold, params.dedup_scope)
     logger.info("dedup: %s", deduped)
-    image_root = params.image_root or default_image_root(db)
+    image_root = params.image_root or str(default_image_root(db))
     exported = prefect_tasks.export(db, str(export_dir), image_root, params.seed)
     logger.info("export to %s: %s", export_dir, exported)
     report = prefect_tasks.report(db, str(export_dir))
