@@ -153,3 +153,6 @@ def generate_command(
     if stats.failed:
         err_console.print(f"[yellow]{stats.failed} request(s) ended without a good response; rerun to retry them. "
                           "Why: vistune sql \"SELECT status, count(*) FROM responses GROUP BY 1\"[/yellow]")
+    if problem := stats.all_failed():
+        err_console.print(f"[red]error:[/red] {problem}", highlight=False)
+        raise typer.Exit(1)

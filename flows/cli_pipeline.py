@@ -140,9 +140,14 @@ def demo_command(
     prefect: Annotated[bool, typer.Option("--prefect", help="run the steps as Prefect flows (UI, artifacts)")] = False,
 ) -> None:
     """The whole pipeline on a small sample: ingest, generate, curate, export, train a tiny model on the CPU."""
-    from flows.demo import print_summary, run_demo
+    from flows.demo import DemoError, print_summary, run_demo
     from schemas.settings import get_settings
 
-    result = run_demo(console, coco_dir=coco, out_dir=out, limit_images=limit, model=model or get_settings().model,
-                      max_cost_usd=max_cost_usd, train=train, fresh=fresh, use_prefect=prefect)
+    try:
+        result = run_demo(console, coco_dir=coco, out_dir=out, limit_images=limit,
+                          model=model or get_settings().model, max_cost_usd=max_cost_usd, train=train, fresh=fresh,
+                          use_prefect=prefect)
+    except DemoError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
     print_summary(console, result)

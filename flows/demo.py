@@ -49,6 +49,10 @@ class DemoResult:
     seconds: float
 
 
+class DemoError(RuntimeError):
+    """The demo cannot go on (e.g. the LLM endpoint answered nothing usable)."""
+
+
 @contextmanager
 def endpoint(console: Console) -> Iterator[tuple[str | None, str]]:
     """The OpenAI-compatible endpoint to use: the configured one, else the simulator (said plainly)."""
@@ -171,6 +175,8 @@ def _run_plain(console: Console, coco_dir: Path, splits: list[str], db: Path, ex
         gen = generate(db, config, on_progress=on_progress)
     console.print(f"generate: {gen.done} new good responses, {gen.failed} failed, {gen.attempts} calls, "
                   f"${gen.cost_usd:.4f}" if gen.requests else "generate: nothing new to send (rerun: all answered)")
+    if problem := gen.all_failed():
+        raise DemoError(problem)
     checked = validate_pending(db)
     console.print(f"validate: {checked.checked} checked -> {checked.samples} samples, {checked.rejected} rejected "
                   f"{checked.reject_codes or ''}")

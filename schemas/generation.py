@@ -78,3 +78,12 @@ class GenerateStats(BaseModel):
     def tokens(self) -> int:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
+
+    def all_failed(self) -> str | None:
+        """A message for the user when requests were sent and not one got a good answer, else None."""
+        if not self.failed or self.done or self.already_ok:
+            return None
+        reasons = ", ".join(f"{status}={n}" for status, n in sorted(self.final_by_status.items()))
+        return (f"all {self.failed} requests failed ({reasons}). Check OPENAI_BASE_URL / OPENAI_API_KEY and that "
+                "the endpoint is reachable; every attempt is stored, and a rerun sends only what has no good answer. "
+                'Details: vistune sql "SELECT status, error FROM responses ORDER BY created_at DESC LIMIT 5"')
