@@ -44,3 +44,12 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(scope="session")
+def coco_images(request: pytest.FixtureRequest) -> Path:
+    """Real COCO images for tests that only need some images with captions: coco-mini where it is
+    beside the repo (CI), else the bundled sample, so a user's clone still runs these tests."""
+    if (COCO_MINI / "annotations" / "captions_train2017.json").exists():
+        return COCO_MINI
+    return SAMPLE_COCO

@@ -17,9 +17,8 @@ from training.config import load_config
 CONFIGS = REPO / "training" / "configs"
 
 
-@pytest.mark.coco_mini
-def test_cli_runs_stage1_stage2_lora_and_merge(coco_mini, capsys):
-    config = str(tiny_config_file(coco_mini, "cli"))
+def test_cli_runs_stage1_stage2_lora_and_merge(coco_images, capsys):
+    config = str(tiny_config_file(coco_images, "cli"))
     main(["stage1", "--config", config, "stage1.max_steps=2"])
     main(["stage2", "--config", config, "stage2.method=lora", "stage2.max_steps=2"])
     main(["merge", "--config", config])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
@@ -10,11 +9,9 @@ from tests.test_training_support import coco_captions, generate_reply, stage1_ru
 from training.config import load_config
 from training.metrics import read_metrics
 
-pytestmark = pytest.mark.coco_mini
 
-
-def test_stage1_overfits_caption_pairs_and_trains_only_the_projector(coco_mini):
-    config_path, before = stage1_run(coco_mini)
+def test_stage1_overfits_caption_pairs_and_trains_only_the_projector(coco_images):
+    config_path, before = stage1_run(coco_images)
     cfg = load_config(config_path)
     out = cfg.stage_dir("stage1")
     losses = [record["loss"] for record in read_metrics(out / "metrics.jsonl")]
@@ -32,19 +29,19 @@ def test_stage1_overfits_caption_pairs_and_trains_only_the_projector(coco_mini):
     assert (out / "final" / "projector.safetensors").exists()
 
 
-def test_stage1_result_generates_from_an_image_and_a_question(coco_mini):
-    config_path, _ = stage1_run(coco_mini)
+def test_stage1_result_generates_from_an_image_and_a_question(coco_images):
+    config_path, _ = stage1_run(coco_images)
     final = load_config(config_path).stage_dir("stage1") / "final"
-    image = coco_mini / "train2017" / coco_captions(coco_mini, 1)[0][0]
+    image = coco_images / "train2017" / coco_captions(coco_images, 1)[0][0]
     _, new_tokens = generate_reply(final, image, "What is in the image?")
     assert new_tokens > 0
 
 
-def test_linear_projector_keeps_its_second_layer_the_identity(coco_mini, tmp_path):
+def test_linear_projector_keeps_its_second_layer_the_identity(coco_images, tmp_path):
     from tests.test_training_support import tiny_config_file
     from training.loop import train
 
-    cfg = load_config(tiny_config_file(coco_mini, "linear"), ["projector=linear", "stage1.max_steps=2"])
+    cfg = load_config(tiny_config_file(coco_images, "linear"), ["projector=linear", "stage1.max_steps=2"])
     train(cfg, "stage1")
     model = LlavaForConditionalGeneration.from_pretrained(cfg.stage_dir("stage1") / "final")
     projector = model.model.multi_modal_projector
@@ -53,24 +50,24 @@ def test_linear_projector_keeps_its_second_layer_the_identity(coco_mini, tmp_pat
     assert torch.count_nonzero(projector.linear_2.bias) == 0
 
 
-def test_batches_whose_replies_were_truncated_away_do_not_poison_training(coco_mini):
+def test_batches_whose_replies_were_truncated_away_do_not_poison_training(coco_images):
     from tests.test_training_support import tiny_config_file
     from training.loop import train
 
     # bos + 16 image tokens fill model_max_length: no caption token survives truncation
-    cfg = load_config(tiny_config_file(coco_mini, "truncated"), ["model_max_length=17", "stage1.max_steps=2"])
+    cfg = load_config(tiny_config_file(coco_images, "truncated"), ["model_max_length=17", "stage1.max_steps=2"])
     train(cfg, "stage1")
     assert [record["loss"] for record in read_metrics(cfg.stage_dir("stage1") / "metrics.jsonl")] == [0.0, 0.0]
 
 
-def test_data_loader_workers_give_the_same_losses_as_the_main_process(coco_mini):
+def test_data_loader_workers_give_the_same_losses_as_the_main_process(coco_images):
     from tests.test_training_support import tiny_config_file
     from training.loop import train
 
     losses = {}
     for workers in (0, 2):
         cfg = load_config(
-            tiny_config_file(coco_mini, f"workers-{workers}"), [f"num_workers={workers}", "stage1.max_steps=2"]
+            tiny_config_file(coco_images, f"workers-{workers}"), [f"num_workers={workers}", "stage1.max_steps=2"]
         )
         train(cfg, "stage1")
         losses[workers] = [record["loss"] for record in read_metrics(cfg.stage_dir("stage1") / "metrics.jsonl")]

@@ -13,13 +13,11 @@ from training.loop import PROJECTOR_FILE, train
 from training.merge import merge
 from training.metrics import read_metrics
 
-pytestmark = pytest.mark.coco_mini
 
-
-def _stage2_config(coco_mini, name: str, *overrides: str):
-    config_path, _ = stage1_run(coco_mini)
+def _stage2_config(coco_images, name: str, *overrides: str):
+    config_path, _ = stage1_run(coco_images)
     stage1_final = load_config(config_path).stage_dir("stage1") / "final"
-    return load_config(tiny_config_file(coco_mini, name), [f"stage2.init_from={stage1_final}", *overrides])
+    return load_config(tiny_config_file(coco_images, name), [f"stage2.init_from={stage1_final}", *overrides])
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
@@ -31,14 +29,14 @@ def _changed(before: dict, after: dict) -> set[str]:
     return {name for name in before if not torch.equal(before[name], after[name])}
 
 
-def _assert_generates(coco_mini, model_dir) -> None:
-    image = coco_mini / "train2017" / coco_captions(coco_mini, 2)[1][0]
+def _assert_generates(coco_images, model_dir) -> None:
+    image = coco_images / "train2017" / coco_captions(coco_images, 2)[1][0]
     _, new_tokens = generate_reply(model_dir, image, "What is shown in the image?")
     assert new_tokens > 0
 
 
-def test_stage2_full_trains_projector_and_llm_but_not_vision(coco_mini):
-    cfg = _stage2_config(coco_mini, "full", "stage2.max_steps=3", "gradient_checkpointing=true")
+def test_stage2_full_trains_projector_and_llm_but_not_vision(coco_images):
+    cfg = _stage2_config(coco_images, "full", "stage2.max_steps=3", "gradient_checkpointing=true")
     out = train(cfg, "stage2")
     changed = _changed(_weights(cfg.stage("stage2").init_from), _weights(out / "final"))
     assert not any("vision_tower" in name for name in changed)
@@ -47,12 +45,12 @@ def test_stage2_full_trains_projector_and_llm_but_not_vision(coco_mini):
     assert any("lm_head" in name for name in changed)
     merged = merge(cfg)
     assert not _changed(_weights(out / "final"), _weights(merged))
-    _assert_generates(coco_mini, merged)
+    _assert_generates(coco_images, merged)
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_stage2_adapters_touch_only_llm_linears_and_the_projector(coco_mini, method):
-    cfg = _stage2_config(coco_mini, method, f"stage2.method={method}", "stage2.max_steps=3")
+def test_stage2_adapters_touch_only_llm_linears_and_the_projector(coco_images, method):
+    cfg = _stage2_config(coco_images, method, f"stage2.method={method}", "stage2.max_steps=3")
     out = train(cfg, "stage2")
     adapter = load_file(out / "final" / "adapter_model.safetensors")
     lora_keys = [key for key in adapter if "lora_" in key]
@@ -73,16 +71,16 @@ def test_stage2_adapters_touch_only_llm_linears_and_the_projector(coco_mini, met
     assert any(".language_model." in name for name in changed)
     for name, value in load_file(out / "final" / PROJECTOR_FILE).items():
         torch.testing.assert_close(merged[name], value)
-    _assert_generates(coco_mini, merged_dir)
+    _assert_generates(coco_images, merged_dir)
 
 
-def test_qlora_quantizes_only_llm_linears_to_4bit(coco_mini):
+def test_qlora_quantizes_only_llm_linears_to_4bit(coco_images):
     from bitsandbytes.nn import Linear4bit
 
     from training.lora import apply_lora
     from training.model import load_for_stage
 
-    cfg = _stage2_config(coco_mini, "qlora-types", "stage2.method=qlora")
+    cfg = _stage2_config(coco_images, "qlora-types", "stage2.method=qlora")
     stage = cfg.stage("stage2")
     model, _ = load_for_stage(cfg, stage)
     model = apply_lora(model, stage, gradient_checkpointing=False)
@@ -97,12 +95,12 @@ def test_qlora_quantizes_only_llm_linears_to_4bit(coco_mini):
     assert projector.linear_1.weight.dtype == torch.float32 and projector.linear_1.weight.requires_grad
 
 
-def test_resume_continues_the_uninterrupted_loss_trajectory(coco_mini):
+def test_resume_continues_the_uninterrupted_loss_trajectory(coco_images):
     # LoRA dropout draws random numbers, so this also checks that RNG state is restored.
     common = ["stage2.method=lora", "stage2.max_steps=5", "save_every=2"]
-    straight = _stage2_config(coco_mini, "resume-straight", *common)
+    straight = _stage2_config(coco_images, "resume-straight", *common)
     train(straight, "stage2")
-    interrupted = _stage2_config(coco_mini, "resume-interrupted", *common)
+    interrupted = _stage2_config(coco_images, "resume-interrupted", *common)
     train(interrupted, "stage2", stop_after=2)
     assert [r["step"] for r in read_metrics(interrupted.stage_dir("stage2") / "metrics.jsonl")] == [1, 2]
     assert not (interrupted.stage_dir("stage2") / "final").exists()
@@ -119,9 +117,9 @@ def test_resume_continues_the_uninterrupted_loss_trajectory(coco_mini):
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
 
 
-def test_projector_can_have_its_own_learning_rate(coco_mini):
+def test_projector_can_have_its_own_learning_rate(coco_images):
     overrides = ["stage2.method=lora", "stage2.max_steps=2", "stage2.projector_learning_rate=0"]
-    cfg = _stage2_config(coco_mini, "projector-lr", *overrides)
+    cfg = _stage2_config(coco_images, "projector-lr", *overrides)
     out = train(cfg, "stage2")
     stage1_projector = load_file(cfg.stage("stage2").init_from / PROJECTOR_FILE)
     for name, value in load_file(out / "final" / PROJECTOR_FILE).items():
