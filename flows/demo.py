@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from schemas.generation import GenerateConfig, GenerateStats
 from schemas.settings import get_settings
 from tasks import pricing, store
+from tasks.export import default_image_root
 
 DEFAULT_REAL_BUDGET_USD = 1.0  # a real endpoint costs money: cap the demo unless told otherwise
 SQL_TO_TRY = (
@@ -145,7 +146,7 @@ def _captions(db: Path) -> list[str]:
 def _train_plain(console: Console, db: Path, export_dir: Path, work: Path) -> Path:
     from tasks.train_launch import launch_training
 
-    image_root = store.query("SELECT min(coco_root) AS root FROM images", path=db)[0]["root"]
+    image_root = str(default_image_root(db))
     config = prepare_training(work, export_dir, image_root, _captions(db))
     for stage in ("stage1", "stage2"):
         console.rule(f"training {stage} (tiny random model, CPU)")
@@ -183,7 +184,7 @@ def _run_plain(console: Console, coco_dir: Path, splits: list[str], db: Path, ex
     deduped = dedup(db)
     console.print(f"dedup: {deduped.exact_duplicates} exact + {deduped.near_duplicates} near duplicates, "
                   f"{deduped.survivors} samples kept")
-    image_root = store.query("SELECT min(coco_root) AS root FROM images", path=db)[0]["root"]
+    image_root = str(default_image_root(db))
     exported = export(db, export_dir, image_root)
     console.print(f"export: {exported.counts} records in {export_dir}")
     build_report(db, export_dir)
@@ -206,7 +207,7 @@ def _run_with_prefect(console: Console, coco_dir: Path, splits: list[str], db: P
         return None
     from flows.train import train_flow
 
-    image_root = store.query("SELECT min(coco_root) AS root FROM images", path=db)[0]["root"]
+    image_root = str(default_image_root(db))
     train_flow(TrainParams(config=str(prepare_training(work, export_dir, image_root, _captions(db)))))
     return work / "runs" / "stage2" / "final"
 
