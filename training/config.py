@@ -44,6 +44,9 @@ class StageConfig(BaseModel):
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     fp32_trainable: bool = Field(True, description="keep trainable weights in fp32 (turn off for 7B full on one GPU)")
+    gradient_checkpointing: bool | None = Field(
+        None, description="activation checkpointing for this stage; None follows the top-level gradient_checkpointing"
+    )
 
 
 class Stage1Config(StageConfig):
@@ -81,7 +84,12 @@ class TrainConfig(BaseModel):
     model_max_length: int = 2048
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = Field(True, description="default for stages that leave theirs unset")
+    compile: bool = Field(
+        False,
+        description="torch.compile each LLM decoder layer in place (one graph for all layers; skipped under qlora)",
+    )
+    compile_backend: str = Field("inductor", description="torch.compile backend; aot_eager needs no C++ compiler")
     group_by_length: bool = True
     num_workers: int = 2
     seed: int = 42
@@ -97,11 +105,15 @@ class TrainConfig(BaseModel):
     stage2: Stage2Config = Field(default_factory=Stage2Config)
 
     def stage(self, name: StageName) -> StageConfig:
-        """The config of one stage, with `init_from` resolved (stage 2 starts from stage 1's result)."""
+        """The config of one stage with its defaults resolved: `init_from` (stage 2 starts from stage 1's result)
+        and `gradient_checkpointing` (the top-level value when the stage leaves it unset)."""
         stage = getattr(self, name)
+        update: dict = {}
         if name == "stage2" and stage.init_from is None:
-            stage = stage.model_copy(update={"init_from": self.stage_dir("stage1") / "final"})
-        return stage
+            update["init_from"] = self.stage_dir("stage1") / "final"
+        if stage.gradient_checkpointing is None:
+            update["gradient_checkpointing"] = self.gradient_checkpointing
+        return stage.model_copy(update=update) if update else stage
 
     def stage_dir(self, name: StageName) -> Path:
         """Where a stage writes checkpoints, logs and its `final/` result."""

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from training.checkpoint import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
+from training.compile import compile_layers
 from training.config import StageConfig, StageName, TrainConfig, dump_config
 from training.data import IGNORE_INDEX, Collator, LlavaJsonDataset, load_records
 from training.lora import apply_lora
@@ -45,6 +46,12 @@ def enable_checkpointing(model: torch.nn.Module) -> None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def disable_kv_cache(model: torch.nn.Module) -> None:
+    """No KV cache while training: Llava's own `use_cache` does not reach its language model's config."""
+    model.config.use_cache = False
+    model.config.get_text_config().use_cache = False
 
 
 def parameter_groups(model: torch.nn.Module, stage: StageConfig) -> list[dict]:
@@ -86,18 +93,20 @@ def train(cfg: TrainConfig, stage_name: StageName, stop_after: int | None = None
         dump_config(cfg, out / "config.yaml")
 
     model, processor = load_for_stage(cfg, stage)
-    model.config.use_cache = False
-    if stage.method == "full" and cfg.gradient_checkpointing:
+    disable_kv_cache(model)
+    if stage.method == "full" and stage.gradient_checkpointing:
         enable_checkpointing(model)
     if stage.method in ("lora", "qlora"):
-        model = apply_lora(model, stage, cfg.gradient_checkpointing)
-        if cfg.gradient_checkpointing and stage.method == "lora":
+        model = apply_lora(model, stage, stage.gradient_checkpointing)
+        if stage.gradient_checkpointing and stage.method == "lora":
             enable_checkpointing(model)
     freeze_backbones(model, stage.train, stage.method)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if stage.fp32_trainable:
         for parameter in trainable:
             parameter.data = parameter.data.float()
+    if cfg.compile:
+        compile_layers(model, cfg.compile_backend)
 
     dataset = LlavaJsonDataset(
         load_records(stage.data), cfg.image_root, processor, stage.template, cfg.model_max_length
@@ -214,6 +223,7 @@ def _save_final(accelerator: Accelerator, model, processor, final: Path) -> None
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         final.mkdir(parents=True, exist_ok=True)
+        unwrapped.config.get_text_config().use_cache = True  # undo `disable_kv_cache`: the result serves inference
         unwrapped.save_pretrained(final, state_dict=state, save_function=accelerator.save)
         processor.save_pretrained(final)
         save_file(projector_state(unwrapped), str(final / PROJECTOR_FILE))
