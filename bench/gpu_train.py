@@ -9,6 +9,11 @@ input gradients (always needed: the projector trains), +2N_trainable for weight 
 
     python bench/gpu_train.py                 # H100/H200, < 8 min
     python bench/gpu_train.py --tiny          # CPU smoke run of the same code, seconds
+    python bench/gpu_train.py --only stage1 --compile --stage1-checkpointing off --stage1-batch 6 --warmup 3
+
+`--compile` compiles each decoder layer with `training.compile.compile_layers` (what `compile=true` does in
+the loop); the warmup steps absorb the compile time. Stage 1 checkpoints activations when the loop would
+(`TrainConfig().stage("stage1").gradient_checkpointing`) unless `--stage1-checkpointing` says otherwise.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from training.config import Stage1Config, Stage2Config
-from training.loop import enable_checkpointing
+from training.compile import compile_layers
+from training.config import TrainConfig
+from training.loop import disable_kv_cache, enable_checkpointing
 from training.lora import apply_lora
 from training.model import PROJECTOR_ACT, load_model
 from training.stages import freeze_backbones
@@ -119,7 +125,7 @@ def random_model(config: LlavaConfig, device: torch.device, dtype: torch.dtype) 
     """Random weights built directly on the device (no 7B copy on the host)."""
     with default_dtype(dtype), device:
         model = LlavaForConditionalGeneration(config)
-    model.config.use_cache = False
+    disable_kv_cache(model)
     return model
 
 
@@ -239,6 +245,14 @@ def main() -> None:
     parser.add_argument("--qlora-batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="compile each decoder layer, as compile=true does")
+    parser.add_argument("--compile-backend", default="inductor", help="aot_eager: no C++ compiler needed (CPU)")
+    parser.add_argument(
+        "--stage1-checkpointing",
+        choices=["on", "off"],
+        default=None,
+        help="activation checkpointing in stage 1; default: the loop's default for stage 1",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's dense bf16 peak")
     configs = ["stage1", "stage2-full", "stage2-qlora"]
     parser.add_argument("--only", nargs="*", choices=configs, default=configs, help="which rows to run")
@@ -252,21 +266,32 @@ def main() -> None:
         torch.set_num_threads(1)
     config, image_size = model_configs(args.tiny, args.projector)
     peak = peak_tflops(device, args.peak_tflops)
-    stage1, stage2 = Stage1Config(), Stage2Config()
+    defaults = TrainConfig()
+    stage1, stage2 = defaults.stage("stage1"), defaults.stage("stage2")
+    stage1_checkpointing = (
+        stage1.gradient_checkpointing if args.stage1_checkpointing is None else args.stage1_checkpointing == "on"
+    )
+
+    def compiled(model):
+        if args.compile:
+            compile_layers(model, args.compile_backend)
+        return model
 
     def build_stage1():
         model = random_model(config, device, dtype)
+        if stage1_checkpointing:
+            enable_checkpointing(model)
         freeze_backbones(model, stage1.train, stage1.method)
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()  # the projector trains in fp32 under bf16 autocast, as in the loop
-        return model, args.stage1_batch
+        return compiled(model), args.stage1_batch
 
     def build_full():
         model = random_model(config, device, dtype)
         enable_checkpointing(model)
         freeze_backbones(model, stage2.train, "full")  # bf16 weights + bf16 AdamW state: fits one 80 GB GPU
-        return model, args.full_batch
+        return compiled(model), args.full_batch
 
     def build_qlora():
         base_dir = args.workdir / "vistune-bench-qlora-base"
@@ -281,14 +306,20 @@ def main() -> None:
         qlora = stage2.model_copy(update={"method": "qlora"})
         model = apply_lora(model, qlora, gradient_checkpointing=True)
         freeze_backbones(model, qlora.train, "qlora")
-        return model, args.qlora_batch
+        return compiled(model), args.qlora_batch  # compile_layers skips 4-bit layers, as in the loop
 
     builders = {"stage1": build_stage1, "stage2-full": build_full, "stage2-qlora": build_qlora}
+    settings = {
+        "stage1": f"ckpt {'on' if stage1_checkpointing else 'off'}",
+        "stage2-full": "ckpt on",
+        "stage2-qlora": "ckpt on",
+    }
     results = []
     for name in args.only:
         started = time.perf_counter()
         result = run_config(name, builders[name], args, config, image_size, device, dtype, peak)
-        result.note += f"; {time.perf_counter() - started:.0f}s"
+        compile_note = f", compile {args.compile_backend}" if args.compile and name != "stage2-qlora" else ""
+        result.note += f"; {settings[name]}{compile_note}; {time.perf_counter() - started:.0f}s"
         results.append(result)
         print(json.dumps(asdict(result)), flush=True)
 
