@@ -96,6 +96,13 @@ def generate_command(
     tpm: Annotated[float | None, typer.Option(help="Tokens per minute (default: learned from headers)")] = None,
     max_cost_usd: Annotated[float | None, typer.Option(help="Stop sending new requests at this spend")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per HTTP attempt")] = 120.0,
+    transport: Annotated[
+        str, typer.Option(help="aiohttp (lean, default) | sdk (the openai SDK's own post): how each call travels")
+    ] = "aiohttp",
+    wakeup_window_ms: Annotated[
+        float | None,
+        typer.Option(help="Batch the client's wake-ups into windows of this many ms (0 = off; default: from the rate)"),
+    ] = None,
     max_attempts: Annotated[int, typer.Option(help="Attempts per request (retries + 1)")] = 5,
     max_tokens: Annotated[int, typer.Option(help="max_tokens per request")] = 2048,
     base_url: Annotated[
@@ -118,7 +125,8 @@ def generate_command(
         config = with_settings(GenerateConfig(
             model=model or get_settings().model, base_url=base_url, format=output_format, mode=mode,
             concurrency=concurrency, rpm=rpm, tpm=tpm, max_cost_usd=max_cost_usd, timeout=timeout,
-            max_attempts=max_attempts, max_tokens=max_tokens, types=_types(types), limit=limit,
+            transport=transport, wakeup_window_ms=wakeup_window_ms, max_attempts=max_attempts,
+            max_tokens=max_tokens, types=_types(types), limit=limit,
             flush_interval_s=flush_interval,
         ))
     except ValueError as exc:

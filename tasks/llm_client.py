@@ -2,7 +2,8 @@
 
 The client is `openai.AsyncOpenAI` against any OpenAI-compatible `base_url` (OpenAI, Azure's
 v1 endpoint, vLLM, Ollama, the test simulator) with `max_retries=0`: retries, backoff and rate
-limits are ours (`tasks/generate.py`, `tasks/ratelimit.py`) so every attempt is recorded.
+limits are ours (`tasks/generate.py`, `tasks/ratelimit.py`) so every attempt is recorded. How
+the POST travels (lean aiohttp, or the SDK's `post`) is `tasks/http_chat.py`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,8 @@ from typing import Any
 
 import openai
 
-try:  # the HTTP library the SDK itself uses: httpx2 in openai 3, httpx before
-    import httpx2 as _http
-except ImportError:  # pragma: no cover - older openai
-    import httpx as _http
-
 from tasks.formats import OutputFormatError, parse
+from tasks.http_chat import ChatSender, Reply, SendFailed, SendTimeout
 from tasks.ratelimit import retry_after_s
 
 _KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{8,}")
@@ -82,7 +79,7 @@ class Attempt:
 
 
 async def attempt(
-    client: openai.AsyncOpenAI,
+    sender: ChatSender,
     *,
     model: str,
     messages: list[dict[str, Any]],
@@ -100,31 +97,25 @@ async def attempt(
     start = time.perf_counter()
     headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
     try:
-        # `post` with a raw response skips the SDK's per-call TypedDict transform of the body, which
-        # walks every message and the JSON schema in Python (~3 ms a request, measured); auth,
-        # base URL, timeouts and error classes are still the SDK's.
-        raw = await client.post(
-            "/chat/completions", cast_to=_http.Response,
-            body={"model": model, "messages": messages, **api_params(params)}, options={"headers": headers},
-        )
-    except openai.APITimeoutError:
+        reply = await sender.send({"model": model, "messages": messages, **api_params(params)}, headers)
+    except SendTimeout:
         return Attempt("timeout", latency_s=time.perf_counter() - start, error="no response within the timeout")
-    except openai.APIConnectionError as exc:
+    except SendFailed as exc:
         return Attempt("connection_error", latency_s=time.perf_counter() - start,
-                       error=_error_text(exc, api_key))
-    except openai.APIStatusError as exc:
-        return _status_error(exc, time.perf_counter() - start, api_key)
+                       error=redact(f"connection failed: {exc}", api_key)[:MAX_ERROR_CHARS])
     latency = time.perf_counter() - start
+    if reply.status != 200:
+        return _status_error(reply, latency, api_key)
     try:
-        body = json.loads(raw.content)
+        body = json.loads(reply.body)
     except ValueError as exc:  # a 200 whose body is not JSON: keep the body
-        return Attempt("bad_output", http_status=raw.status_code, content=raw.text[:MAX_BAD_BODY_CHARS],
-                       latency_s=latency, headers=raw.headers,
+        return Attempt("bad_output", http_status=200, content=reply.text[:MAX_BAD_BODY_CHARS],
+                       latency_s=latency, headers=reply.headers,
                        error=redact(f"response body is not JSON: {exc}", api_key)[:MAX_ERROR_CHARS])
     result = classify(body, sample_type, output_format)
-    result.http_status, result.latency_s, result.headers = raw.status_code, latency, raw.headers
+    result.http_status, result.latency_s, result.headers = 200, latency, reply.headers
     if result.status == "bad_output" and result.content is None:
-        result.content = raw.text[:MAX_BAD_BODY_CHARS]
+        result.content = reply.text[:MAX_BAD_BODY_CHARS]
     return result
 
 
@@ -178,21 +169,25 @@ def status_for_http(code: int) -> str:
     return "client_error"
 
 
-def _status_error(exc: openai.APIStatusError, latency: float, api_key: str | None) -> Attempt:
-    code = exc.status_code
-    headers = exc.response.headers if exc.response is not None else {}
-    status = status_for_http(code)
+def _status_error(reply: Reply, latency: float, api_key: str | None) -> Attempt:
+    code = reply.status
     return Attempt(
-        status,
+        status_for_http(code),
         http_status=code,
         latency_s=latency,
-        error=_error_text(exc, api_key),
-        retry_after_s=retry_after_s(headers) if code == 429 else None,
-        headers=headers,
+        error=redact(f"HTTP {code}: {_error_message(reply)}", api_key)[:MAX_ERROR_CHARS],
+        retry_after_s=retry_after_s(reply.headers) if code == 429 else None,
+        headers=reply.headers,
     )
 
 
-def _error_text(exc: Exception, api_key: str | None) -> str:
-    body = getattr(exc, "body", None)
-    detail = json.dumps(body, default=str)[:500] if body else ""
-    return redact(f"{type(exc).__name__}: {exc} {detail}".strip(), api_key)[:MAX_ERROR_CHARS]
+def _error_message(reply: Reply) -> str:
+    """The provider's `error.message` when the body is OpenAI-shaped, else the start of the body."""
+    try:
+        error = json.loads(reply.body).get("error")
+        if isinstance(error, dict) and error.get("message"):
+            kind = f" ({error['type']})" if error.get("type") else ""
+            return f"{error['message']}{kind}"
+    except (ValueError, AttributeError):
+        pass
+    return reply.text[:500] or "(empty body)"
