@@ -29,7 +29,7 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_ra
 from schemas.generation import RETRYABLE_STATUSES, GenerateConfig, GenerateStats
 from schemas.settings import get_settings
 from schemas.tables import RunRow
-from tasks import llm_client, pricing, store
+from tasks import http_chat, llm_client, pricing, store, wakeups
 from tasks.journal import DB_LOCK, Journal, replay_orphans
 from tasks.ratelimit import LocalRateLimiter, RateLimiter
 
@@ -107,14 +107,23 @@ class _Engine:
         self.budget = Budget(config.max_cost_usd)
         self.avg_completion = float(config.max_tokens)  # pessimistic until answers arrive
         self.answers = 0
+        self._window_rpm: float | None = -1.0  # the rate the wake-up window was last sized for
         self.journal = Journal(db_path)
         self.client = llm_client.make_client(base_url=config.base_url, api_key=self.api_key, timeout=config.timeout)
+        self.sender = http_chat.make_sender(self.client, config.transport, config.timeout)
         self.retrying = AsyncRetrying(
             stop=stop_after_attempt(config.max_attempts),
             wait=wait_random_exponential(multiplier=config.backoff_base_s, max=config.backoff_max_s),
             retry=retry_if_result(lambda status: status in RETRYABLE_STATUSES),
             retry_error_callback=lambda state: state.outcome.result(),
         )
+
+    def _size_wakeup_window(self) -> None:
+        # Batch the loop's wake-ups by the rate limit in force (it may be learned from headers).
+        rpm = getattr(self.limiter, "rpm", None)
+        if self.config.wakeup_window_ms is None and rpm != self._window_rpm:
+            self._window_rpm = rpm
+            wakeups.set_window(wakeups.window_for_rate(rpm))
 
     def _count(self, key: str, status: str) -> None:
         table = getattr(self.stats, key)
@@ -145,7 +154,7 @@ class _Engine:
         try:
             await self.limiter.acquire(1, est_input + int(params.get("max_tokens") or 0))
             result = await llm_client.attempt(
-                self.client, model=model, messages=messages, params=params, sample_type=type_name,
+                self.sender, model=model, messages=messages, params=params, sample_type=type_name,
                 output_format=output_format, api_key=self.api_key, request_id=request_id,
             )
         except BaseException:
@@ -170,6 +179,7 @@ class _Engine:
             self.avg_completion = s.completion_tokens / self.answers
         if result.headers:
             self.limiter.observe_headers(result.headers)
+            self._size_wakeup_window()
         if result.status == "rate_limited":
             self.limiter.penalize(result.retry_after_s if result.retry_after_s is not None else 1.0)
         if result.http_status in (401, 403):  # every other request would fail the same way
@@ -217,6 +227,9 @@ class _Engine:
     async def run(self, ids: Sequence[str], on_progress: ProgressCallback | None) -> GenerateStats:
         started = time.monotonic()
         self.stats.requests = len(ids)
+        if self.config.wakeup_window_ms is not None:
+            wakeups.set_window(self.config.wakeup_window_ms / 1000)
+        self._size_wakeup_window()
         queue: asyncio.Queue = asyncio.Queue(maxsize=self.config.concurrency * 2)
         flusher = asyncio.create_task(self._flush_loop(on_progress, started))
         try:
@@ -231,6 +244,7 @@ class _Engine:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await asyncio.to_thread(self.journal.close)
+            await self.sender.close()
             await self.client.close()
         self.stats.wall_s = time.monotonic() - started
         if on_progress is not None:
@@ -285,8 +299,12 @@ async def run_requests(
 
 
 def run_requests_sync(request_ids: Sequence[str], **kwargs: Any) -> GenerateStats:
-    """`run_requests` for callers without an event loop (Prefect tasks in worker threads)."""
-    return asyncio.run(run_requests(request_ids, **kwargs))
+    """`run_requests` for callers without an event loop (CLI, Prefect tasks in worker threads).
+
+    It runs on a loop that batches its wake-ups (`tasks/wakeups.py`), which roughly halves the
+    client's CPU per request at a provider's pace.
+    """
+    return wakeups.run(run_requests(request_ids, **kwargs))
 
 
 def generate(
