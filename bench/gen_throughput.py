@@ -8,6 +8,7 @@ client's CPU time per request (process CPU of the generation call, all threads).
 
     python bench/gen_throughput.py                                   # 3,000 requests, ~11 min
     python bench/gen_throughput.py --requests 300 --skip-curator     # a quick look
+    python bench/gen_throughput.py --baseline                        # + the previous engine, ~17 min
 
 curator runs from its own virtual environment (`--curator-python`, default `.venv-curator/bin/python`;
 create it with `python -m venv .venv-curator && .venv-curator/bin/pip install bespokelabs-curator`):
@@ -84,11 +85,15 @@ def _served(log: list[dict]) -> tuple[list[float], int]:
     return [r["time"] for r in chats if r["status"] == 200], sum(1 for r in chats if r["status"] == 429)
 
 
-def run_vistune(db: Path, ids: list[str], sim_config: SimConfig, concurrency: int, rpm: float) -> dict:
-    """Send the planned requests with vistune's engine; returns the measured figures."""
+BASELINE = {"transport": "sdk", "wakeup_window_ms": 0}  # the engine before the lean transport and batching
+
+
+def run_vistune(db: Path, ids: list[str], sim_config: SimConfig, concurrency: int, rpm: float,
+                label: str = "vistune", **options: object) -> dict:
+    """Send the planned requests with vistune's engine (`options`: GenerateConfig fields); returns the figures."""
     with start_simulator_process(sim_config) as sim:
         config = GenerateConfig(model=MODEL, base_url=sim.base_url, api_key="sk-bench", format="llava-text",
-                                concurrency=concurrency, rpm=rpm, timeout=60)
+                                concurrency=concurrency, rpm=rpm, timeout=60, **options)
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         stats = run_requests_sync(ids, db_path=db, config=config)
@@ -96,7 +101,7 @@ def run_vistune(db: Path, ids: list[str], sim_config: SimConfig, concurrency: in
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         ok_times, n429 = _served(sim.read_log())
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    return {"client": "vistune", "done": stats.done, "wall_s": round(wall, 1),
+    return {"client": label, "done": stats.done, "wall_s": round(wall, 1),
             "overall_req_s": round(stats.done / wall, 2), "sustained_req_s": round(_sustained_rate(ok_times), 2),
             "http_429": n429, "cpu_ms_per_request": round(1000 * cpu / max(stats.done, 1), 3)}
 
@@ -133,7 +138,7 @@ def run_sdk_floor(prompts: Path, n: int, sim_config: SimConfig, rpm: float) -> d
 
 
 def _http_response() -> type:
-    from tasks.llm_client import _http
+    from tasks.http_chat import _http
 
     return _http.Response
 
@@ -178,6 +183,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--curator-python", default=str(REPO / ".venv-curator" / "bin" / "python"))
     parser.add_argument("--skip-curator", action="store_true")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run vistune with --transport sdk and no wake-up batching (the previous engine)")
     parser.add_argument("--floor-requests", type=int, default=600, help="requests for the SDK-alone row; 0 = skip")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -194,6 +201,13 @@ def main() -> None:
 
     results = [run_vistune(db, plan.request_ids, sim_config, args.concurrency, args.rpm)]
     print(json.dumps(results[-1]), flush=True)
+    if args.baseline:  # the same requests, planned into a fresh database, sent the old way
+        baseline_db = workdir / "baseline.duckdb"
+        synthetic_images(baseline_db, args.requests)
+        again = plan_requests(baseline_db, sample_types=["complex_reasoning"], model=MODEL, output_format="llava-text")
+        results.append(run_vistune(baseline_db, again.request_ids, sim_config, args.concurrency, args.rpm,
+                                   label="vistune, sdk transport, no wake-up batching", **BASELINE))
+        print(json.dumps(results[-1]), flush=True)
     if not args.skip_curator:
         if Path(args.curator_python).exists():
             results.append(run_curator(args.curator_python, prompts, sim_config, args.rpm, workdir))
@@ -208,10 +222,10 @@ def main() -> None:
                "results": results}
     ours = results[0]
     summary["vistune_sustained_vs_ideal"] = round(ours["sustained_req_s"] / ideal, 3)
-    if len(results) > 1 and results[1]["client"] == "curator" and "error" not in results[1]:
-        summary["vistune_over_curator_overall"] = round(ours["overall_req_s"] / results[1]["overall_req_s"], 3)
-        summary["curator_cpu_over_vistune_cpu"] = round(
-            results[1]["cpu_ms_per_request"] / ours["cpu_ms_per_request"], 2)
+    curator = next((r for r in results if r["client"] == "curator" and "error" not in r), None)
+    if curator is not None:
+        summary["vistune_over_curator_overall"] = round(ours["overall_req_s"] / curator["overall_req_s"], 3)
+        summary["curator_cpu_over_vistune_cpu"] = round(curator["cpu_ms_per_request"] / ours["cpu_ms_per_request"], 2)
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
