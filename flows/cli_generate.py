@@ -110,7 +110,7 @@ def generate_command(
     ] = None,
     flush_interval: Annotated[
         float, typer.Option(help="Seconds between moves of answers from the journal into DuckDB (what readers see)")
-    ] = 10.0,
+    ] = 30.0,
     db: DbOption = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
 ) -> None:

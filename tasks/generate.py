@@ -7,8 +7,8 @@ How one run works (`run_requests`):
 - each attempt waits for the rate limiter, is sent once (`tasks/llm_client.py`), and its row is
   appended to the journal before the worker looks at anything else; retries use tenacity's
   exponential backoff with full jitter on the retryable statuses (`schemas.generation`);
-- a background loop moves journal rows into `responses` every `flush_interval_s` in one short
-  transaction (off the event loop) and reports progress.
+- a background loop moves journal rows into `responses` a few seconds after the first answers,
+  then every `flush_interval_s`, in one short transaction (off the event loop) and reports progress.
 
 Why tenacity: it is the maintained retry library already in our dependencies; its
 `wait_random_exponential` is the "full jitter" backoff, and `retry_if_result` lets a classified
@@ -35,6 +35,7 @@ from tasks.ratelimit import LocalRateLimiter, RateLimiter
 
 LOAD_CHUNK = 1000
 PROGRESS_EVERY_S = 0.5
+FIRST_FLUSH_S = 5.0
 ProgressCallback = Callable[[GenerateStats], None]
 
 
@@ -214,12 +215,13 @@ class _Engine:
 
     async def _flush_loop(self, on_progress: ProgressCallback | None, started: float) -> None:
         last_flush = time.monotonic()
+        interval = min(FIRST_FLUSH_S, self.config.flush_interval_s)  # the first answers show up soon
         while True:
             await asyncio.sleep(min(PROGRESS_EVERY_S, self.config.flush_interval_s))
-            due = time.monotonic() - last_flush >= self.config.flush_interval_s
+            due = time.monotonic() - last_flush >= interval and self.journal.pending > 0
             if due or self.journal.pending >= self.config.flush_rows:
                 await asyncio.to_thread(self.journal.flush)
-                last_flush = time.monotonic()
+                last_flush, interval = time.monotonic(), self.config.flush_interval_s
             if on_progress is not None:
                 self.stats.wall_s = time.monotonic() - started
                 on_progress(self.stats.model_copy(deep=True))
