@@ -14,8 +14,8 @@ from tasks import wakeups
 
 def test_window_follows_the_rate_limit() -> None:
     assert wakeups.window_for_rate(None) == 0.0  # no known limit: no batching
-    assert wakeups.window_for_rate(600) == pytest.approx(0.25)  # 10 req/s: 2.5 requests' worth
-    assert wakeups.window_for_rate(6000) == pytest.approx(0.025)
+    assert wakeups.window_for_rate(600) == pytest.approx(0.5)  # 10 req/s: 5 requests' worth
+    assert wakeups.window_for_rate(6000) == pytest.approx(0.05)
     assert wakeups.window_for_rate(60) == wakeups.MAX_WINDOW_S  # capped
 
 
@@ -127,5 +127,5 @@ def test_generation_runs_on_a_batching_loop_sized_by_the_rate(db_path, monkeypat
         stats = run_requests_sync(plan.request_ids, db_path=db_path, config=config)
         elapsed = time.monotonic() - start
     assert (stats.done, stats.failed) == (12, 0)
-    assert windows == [pytest.approx(0.125)]  # 2.5 requests at 20/s, set once (the rate did not change)
+    assert windows == [pytest.approx(0.25)]  # 5 requests at 20/s, set once (the rate did not change)
     assert elapsed < 3.0  # 12 requests at 20/s with a 1 s burst: the batching does not slow the pace
