@@ -88,6 +88,12 @@ def _served(log: list[dict]) -> tuple[list[float], int]:
 BASELINE = {"transport": "sdk", "wakeup_window_ms": 0}  # the engine before the lean transport and batching
 
 
+def _planned_db(db: Path, n: int):
+    """n synthetic images planned as `complex_reasoning` requests in llava-text (the same ids for the same n)."""
+    synthetic_images(db, n)
+    return plan_requests(db, sample_types=["complex_reasoning"], model=MODEL, output_format="llava-text")
+
+
 def run_vistune(db: Path, ids: list[str], sim_config: SimConfig, concurrency: int, rpm: float,
                 label: str = "vistune", **options: object) -> dict:
     """Send the planned requests with vistune's engine (`options`: GenerateConfig fields); returns the figures."""
@@ -110,18 +116,19 @@ def run_sdk_floor(prompts: Path, n: int, sim_config: SimConfig, rpm: float) -> d
     """The openai SDK alone (the same `post` call our client makes, no engine), paced at `rpm`: the CPU floor."""
     import asyncio
 
+    from tasks.http_chat import make_sender
     from tasks.llm_client import make_client
 
     bodies = [json.loads(line)["messages"] for line in prompts.open()][:n]
 
     async def send_all(base_url: str) -> None:
         client = make_client(base_url=base_url, api_key="sk-bench", timeout=60)
+        sender = make_sender(client, "sdk", 60)
 
         async def one(i: int, messages: list) -> None:
             await asyncio.sleep(i * 60 / rpm)
-            raw = await client.post("/chat/completions", cast_to=_http_response(),
-                                    body={"model": MODEL, "messages": messages, "max_tokens": 2048})
-            json.loads(raw.content)
+            reply = await sender.send({"model": MODEL, "messages": messages, "max_tokens": 2048}, {})
+            json.loads(reply.body)
 
         await asyncio.gather(*(one(i, m) for i, m in enumerate(bodies)))
         await client.close()
@@ -135,12 +142,6 @@ def run_sdk_floor(prompts: Path, n: int, sim_config: SimConfig, rpm: float) -> d
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     return {"client": "openai SDK alone (floor)", "done": len(bodies), "wall_s": round(wall, 1),
             "overall_req_s": round(len(bodies) / wall, 2), "cpu_ms_per_request": round(1000 * cpu / len(bodies), 3)}
-
-
-def _http_response() -> type:
-    from tasks.http_chat import _http
-
-    return _http.Response
 
 
 def run_curator(python: str, prompts: Path, sim_config: SimConfig, rpm: float, workdir: Path) -> dict:
@@ -191,8 +192,7 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="vistune-throughput-"))
     db = workdir / "throughput.duckdb"
-    synthetic_images(db, args.requests)
-    plan = plan_requests(db, sample_types=["complex_reasoning"], model=MODEL, output_format="llava-text")
+    plan = _planned_db(db, args.requests)
     prompts = workdir / "prompts.jsonl"
     with prompts.open("w") as f:
         for row in store.query("SELECT request_id, messages FROM requests", path=db):
@@ -203,8 +203,7 @@ def main() -> None:
     print(json.dumps(results[-1]), flush=True)
     if args.baseline:  # the same requests, planned into a fresh database, sent the old way
         baseline_db = workdir / "baseline.duckdb"
-        synthetic_images(baseline_db, args.requests)
-        again = plan_requests(baseline_db, sample_types=["complex_reasoning"], model=MODEL, output_format="llava-text")
+        again = _planned_db(baseline_db, args.requests)
         results.append(run_vistune(baseline_db, again.request_ids, sim_config, args.concurrency, args.rpm,
                                    label="vistune, sdk transport, no wake-up batching", **BASELINE))
         print(json.dumps(results[-1]), flush=True)

@@ -272,9 +272,11 @@ def main() -> None:
         stage1.gradient_checkpointing if args.stage1_checkpointing is None else args.stage1_checkpointing == "on"
     )
 
-    def compiled(model):
+    compiled_layers = {}  # config -> layers compile_layers compiled (0: it skipped them)
+
+    def compiled(model, name: str):
         if args.compile:
-            compile_layers(model, args.compile_backend)
+            compiled_layers[name] = compile_layers(model, args.compile_backend)
         return model
 
     def build_stage1():
@@ -285,13 +287,13 @@ def main() -> None:
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()  # the projector trains in fp32 under bf16 autocast, as in the loop
-        return compiled(model), args.stage1_batch
+        return compiled(model, "stage1"), args.stage1_batch
 
     def build_full():
         model = random_model(config, device, dtype)
         enable_checkpointing(model)
         freeze_backbones(model, stage2.train, "full")  # bf16 weights + bf16 AdamW state: fits one 80 GB GPU
-        return compiled(model), args.full_batch
+        return compiled(model, "stage2-full"), args.full_batch
 
     def build_qlora():
         base_dir = args.workdir / "vistune-bench-qlora-base"
@@ -306,7 +308,7 @@ def main() -> None:
         qlora = stage2.model_copy(update={"method": "qlora"})
         model = apply_lora(model, qlora, gradient_checkpointing=True)
         freeze_backbones(model, qlora.train, "qlora")
-        return compiled(model), args.qlora_batch  # compile_layers skips 4-bit layers, as in the loop
+        return compiled(model, "stage2-qlora"), args.qlora_batch  # compile_layers skips 4-bit layers and says so
 
     builders = {"stage1": build_stage1, "stage2-full": build_full, "stage2-qlora": build_qlora}
     settings = {
@@ -318,7 +320,7 @@ def main() -> None:
     for name in args.only:
         started = time.perf_counter()
         result = run_config(name, builders[name], args, config, image_size, device, dtype, peak)
-        compile_note = f", compile {args.compile_backend}" if args.compile and name != "stage2-qlora" else ""
+        compile_note = f", compile {args.compile_backend}" if compiled_layers.get(name) else ""
         result.note += f"; {settings[name]}{compile_note}; {time.perf_counter() - started:.0f}s"
         results.append(result)
         print(json.dumps(asdict(result)), flush=True)

@@ -17,13 +17,15 @@ Either returns a `Reply` for every HTTP status and raises only `SendTimeout` / `
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
 import openai
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 try:  # the HTTP library the SDK itself uses: httpx2 in openai 3, httpx before
     import httpx2 as _http
@@ -66,8 +68,6 @@ class ChatSender(Protocol):
 def make_sender(client: openai.AsyncOpenAI, transport: str, timeout: float) -> ChatSender:
     """The sender for `transport` (one of `TRANSPORTS`), configured from `client`."""
     if transport == "aiohttp":
-        if importlib.util.find_spec("aiohttp") is None:
-            raise ValueError("transport 'aiohttp' needs aiohttp (pip install 'openai[aiohttp]'); or --transport sdk")
         return AiohttpSender(client, timeout)
     if transport == "sdk":
         return SdkSender(client)
@@ -94,9 +94,6 @@ def env_proxy(url: str) -> tuple[str | None, Any]:
     Looked up once per run: aiohttp's own `trust_env` repeats the lookup for every request in a
     worker thread, a thread hop per call that cost more client CPU than the rest of the send.
     """
-    from aiohttp.helpers import get_env_proxy_for_url
-    from yarl import URL
-
     try:
         proxy, auth = get_env_proxy_for_url(URL(url))
     except LookupError:  # no proxy configured for this host, or NO_PROXY covers it
@@ -108,9 +105,6 @@ class AiohttpSender:
     """Chat completions over one aiohttp session; the session is made inside the running loop."""
 
     def __init__(self, client: openai.AsyncOpenAI, timeout: float) -> None:
-        import aiohttp
-
-        self._aiohttp = aiohttp
         self.url = chat_url(client)
         self.headers = request_headers(client)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -119,8 +113,8 @@ class AiohttpSender:
 
     def _open(self) -> Any:
         if self._session is None:
-            connector = self._aiohttp.TCPConnector(limit=0)  # concurrency is the engine's worker count
-            self._session = self._aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            connector = aiohttp.TCPConnector(limit=0)  # concurrency is the engine's worker count
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
     async def send(self, body: dict[str, Any], headers: Mapping[str, str]) -> Reply:
@@ -133,7 +127,7 @@ class AiohttpSender:
                 return Reply(response.status, response.headers, await response.read())
         except TimeoutError as exc:
             raise SendTimeout("no response within the timeout") from exc
-        except (self._aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
@@ -165,7 +159,6 @@ class SdkSender:
 
     async def close(self) -> None:
         pass  # the client is its owner's to close
-
 
 
 def _connection_refused(exc: BaseException) -> OSError | None:
