@@ -181,7 +181,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--latency-ms", type=float, default=500)
     parser.add_argument("--rpm", type=float, default=600)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=GenerateConfig.model_fields["concurrency"].default,
+                        help="vistune's in-flight cap (default: the engine's own default)")
     parser.add_argument("--curator-python", default=str(REPO / ".venv-curator" / "bin" / "python"))
     parser.add_argument("--skip-curator", action="store_true")
     parser.add_argument("--baseline", action="store_true",

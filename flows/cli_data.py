@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.cli import app
-from tasks import store
+from tasks import journal, store
 from tasks.coco import IngestError, ingest
 
 console = Console()
@@ -65,21 +65,34 @@ def sql_command(
     output: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     max_rows: Annotated[int, typer.Option(help="Rows shown in table format")] = 50,
     timeout: Annotated[float, typer.Option(help="Seconds to wait while a writer holds the database")] = 30.0,
+    flushed_only: Annotated[
+        bool, typer.Option("--flushed-only", help="Show `responses` as stored, without the rows still in journals")
+    ] = False,
 ) -> None:
-    """Run a read-only SQL query against the store (safe while a flow is writing)."""
-    try:
-        with store.read(db, timeout_s=timeout) as con:
-            cur = con.execute(query)
-            if cur.description is None:
-                return
-            names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-    except FileNotFoundError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    except Exception as exc:  # DuckDB's errors already say what is wrong with the query
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+    """Run a read-only SQL query against the store (safe while a flow is writing).
+
+    `responses` includes the answers that running (or crashed) generations have journaled but not
+    yet flushed, so it is current to the second; the plain `duckdb` CLI sees the last flush.
+    """
+    for tries_left in (2, 1, 0):
+        try:
+            with store.read(db, timeout_s=timeout) as con:
+                if not flushed_only:
+                    journal.include_journal_rows(con, store.resolve_db(db))
+                cur = con.execute(query)
+                if cur.description is None:
+                    return
+                names = [d[0] for d in cur.description]
+                rows = cur.fetchall()
+            break
+        except FileNotFoundError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        except Exception as exc:  # DuckDB's errors already say what is wrong with the query
+            if tries_left and journal.is_vanished_segment(exc):
+                continue  # a flush moved a journal segment into the table meanwhile: list them again
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
     if output == "json":
         print(json.dumps([dict(zip(names, r, strict=True)) for r in rows], default=str, ensure_ascii=False, indent=1))
     elif output == "csv":

@@ -109,8 +109,11 @@ def generate_command(
         str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
     ] = None,
     flush_interval: Annotated[
-        float, typer.Option(help="Seconds between moves of answers from the journal into DuckDB (what readers see)")
-    ] = 30.0,
+        float | None,
+        typer.Option(help="Seconds between moves of answers from the journal into DuckDB, where the duckdb CLI "
+                          f"sees them (`vistune sql` sees them at once) "
+                          f"[default: {GenerateConfig.model_fields['flush_interval_s'].default:g}]"),
+    ] = None,
     db: DbOption = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
 ) -> None:
@@ -127,7 +130,7 @@ def generate_command(
             concurrency=concurrency, rpm=rpm, tpm=tpm, max_cost_usd=max_cost_usd, timeout=timeout,
             transport=transport, wakeup_window_ms=wakeup_window_ms, max_attempts=max_attempts,
             max_tokens=max_tokens, types=_types(types), limit=limit,
-            flush_interval_s=flush_interval,
+            **({"flush_interval_s": flush_interval} if flush_interval is not None else {}),
         ))
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)

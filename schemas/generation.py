@@ -54,12 +54,12 @@ class GenerateConfig(BaseModel):
     limit: int | None = Field(default=None, ge=1)  # number of images; None = all
     backoff_base_s: float = Field(default=1.0, gt=0)  # first retry waits up to this (full jitter)
     backoff_max_s: float = Field(default=60.0, gt=0)
-    # journal -> DuckDB cadence: a flush costs 30 ms of CPU in a busy process and 100-140 ms in one
-    # that was idle (opening DuckDB dominates), so at a provider's pace it is the largest per-request
-    # cost. It happens FIRST_FLUSH_S after the first answers (readers see a run start), then every
-    # `flush_interval_s` or at `flush_rows` pending rows, whichever comes first; durability comes
-    # from the journal meanwhile.
-    flush_interval_s: float = Field(default=30.0, gt=0)
+    # journal -> DuckDB cadence: a flush costs 30 ms of CPU in a busy process and 90-160 ms in one
+    # at a provider's pace (DuckDB's pages go cold between flushes), the largest fixed cost of a run.
+    # It happens FIRST_FLUSH_S after the first answers (the duckdb CLI sees a run start), then every
+    # `flush_interval_s` or at `flush_rows` pending rows, whichever comes first. Durability comes
+    # from the journal meanwhile, and `vistune sql` reads the journal too, so it is current anyway.
+    flush_interval_s: float = Field(default=120.0, gt=0)
     flush_rows: int = Field(default=2000, ge=1)
     batch_poll_s: float = Field(default=30.0, gt=0)
 

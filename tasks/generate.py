@@ -120,11 +120,12 @@ class _Engine:
         )
 
     def _size_wakeup_window(self) -> None:
-        # Batch the loop's wake-ups by the rate limit in force (it may be learned from headers).
+        # Batch the loop's wake-ups by the rate limit in force (it may be learned from headers)
+        # and the concurrency, which must cover the requests the batching holds back.
         rpm = getattr(self.limiter, "rpm", None)
         if self.config.wakeup_window_ms is None and rpm != self._window_rpm:
             self._window_rpm = rpm
-            wakeups.set_window(wakeups.window_for_rate(rpm))
+            wakeups.set_window(wakeups.window_for_rate(rpm, self.config.concurrency))
 
     def _count(self, key: str, status: str) -> None:
         table = getattr(self.stats, key)

@@ -4,7 +4,11 @@ Why: DuckDB admits one writing process and locks readers out while it writes. Ho
 connection for a whole run would shut out `vistune sql` and other workers; committing every
 attempt would spend the run in lock waits. So each attempt is appended to a JSONL file and
 flushed to the OS at once (a SIGKILL then loses only calls still in flight), and the rows move
-into `responses` every second or so in one short `store.write()` transaction.
+into `responses` every minute or two in one short `store.write()` transaction.
+
+Readers: `include_journal_rows` lets a read-only connection see `responses` with the rows still in
+journals (of live and of crashed processes), so `vistune sql` is current even though flushes are
+minutes apart. The `duckdb` CLI sees the table as of the last flush.
 
 Layout, under `<db>.journal/`: `<owner>.lock` is held (flock) by the live process for its whole
 life; its rows go to `<owner>.<seq>.jsonl` segments. A flush closes the current segment, starts
@@ -21,6 +25,8 @@ import threading
 import uuid
 from pathlib import Path
 from typing import Any
+
+import duckdb
 
 from schemas.tables import ResponseRow
 from tasks import store
@@ -139,3 +145,47 @@ def replay_orphans(db_path: str | Path) -> int:
             recovered += load_segments(segments, db_path)
             lock_path.unlink(missing_ok=True)
     return recovered
+
+
+_VANISHED_MARKERS = ("no files found", "cannot open file", "no such file")
+
+
+def _sql_literal(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+def include_journal_rows(con: duckdb.DuckDBPyConnection, db_path: str | Path) -> int:
+    """Make `responses` in this connection also show the rows still in journals; returns the segments read.
+
+    A temporary view named `responses` shadows the table for this connection only: the table's rows
+    plus every complete journal row whose `response_id` is not in the table yet (a flush inserts a
+    segment before deleting it). Columns and defaults come from `ResponseRow`, as a flush would
+    store them. A segment can vanish between listing and reading (its flush finished): the caller
+    retries when `is_vanished_segment(exc)`.
+    """
+    segments = sorted(journal_dir(db_path).glob("*.jsonl"))
+    if not segments:
+        return 0
+    catalog = con.execute("SELECT current_database()").fetchall()[0][0]
+    table = f'"{catalog}".main.responses'
+    types = store.columns(ResponseRow)
+    select = []
+    for name, field in ResponseRow.model_fields.items():
+        default = None if field.is_required() else field.default
+        select.append(f"coalesce(j.{name}, {_sql_literal(default)}) AS {name}" if default is not None else f"j.{name}")
+    files = ", ".join(_sql_literal(str(p)) for p in segments)
+    spec = ", ".join(f"{_sql_literal(name)}: {_sql_literal(sql_type)}" for name, sql_type in types.items())
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW responses AS SELECT * FROM {table} UNION ALL BY NAME "
+        f"SELECT {', '.join(select)} FROM read_json([{files}], format = 'newline_delimited', "
+        f"columns = {{{spec}}}, ignore_errors = true) j "  # a torn last line (killed mid-write) is skipped
+        f"WHERE j.response_id NOT IN (SELECT response_id FROM {table})"
+    )
+    return len(segments)
+
+
+def is_vanished_segment(exc: BaseException) -> bool:
+    """True when a query failed because a journal segment was flushed and deleted meanwhile."""
+    return isinstance(exc, duckdb.IOException) and any(m in str(exc).lower() for m in _VANISHED_MARKERS)

@@ -14,9 +14,13 @@ from tasks import wakeups
 
 def test_window_follows_the_rate_limit() -> None:
     assert wakeups.window_for_rate(None) == 0.0  # no known limit: no batching
-    assert wakeups.window_for_rate(600) == pytest.approx(0.5)  # 10 req/s: 5 requests' worth
-    assert wakeups.window_for_rate(6000) == pytest.approx(0.05)
+    assert wakeups.window_for_rate(1200) == pytest.approx(0.5)  # 20 req/s: 10 requests' worth
+    assert wakeups.window_for_rate(6000) == pytest.approx(0.1)
     assert wakeups.window_for_rate(60) == wakeups.MAX_WINDOW_S  # capped
+    # the concurrency bounds it: 16 slots at 10 req/s keep 0.4 s (4 requests) for batching
+    assert wakeups.window_for_rate(600, concurrency=16) == pytest.approx(0.4)
+    assert wakeups.window_for_rate(600, concurrency=64) == wakeups.MAX_WINDOW_S
+    assert wakeups.window_for_rate(None, concurrency=64) == 0.0
 
 
 def test_timers_due_within_one_window_fire_in_one_wakeup() -> None:
@@ -122,10 +126,10 @@ def test_generation_runs_on_a_batching_loop_sized_by_the_rate(db_path, monkeypat
     plan = plan_requests(db_path, sample_types=["complex_reasoning"], model="gpt-4o-mini")
     with start_simulator(SimConfig(seed=2)) as sim:
         config = GenerateConfig(base_url=sim.base_url, api_key="sk-test-wakeups-0123456789", model="gpt-4o-mini",
-                                concurrency=4, rpm=1200, flush_interval_s=0.2)
+                                concurrency=24, rpm=1200, flush_interval_s=0.2)
         start = time.monotonic()
         stats = run_requests_sync(plan.request_ids, db_path=db_path, config=config)
         elapsed = time.monotonic() - start
     assert (stats.done, stats.failed) == (12, 0)
-    assert windows == [pytest.approx(0.25)]  # 5 requests at 20/s, set once (the rate did not change)
+    assert windows == [pytest.approx(0.3)]  # a quarter of 24 slots at 20/s, set once (the rate did not change)
     assert elapsed < 3.0  # 12 requests at 20/s with a 1 s burst: the batching does not slow the pace
