@@ -108,7 +108,7 @@ class _Engine:
         self.budget = Budget(config.max_cost_usd)
         self.avg_completion = float(config.max_tokens)  # pessimistic until answers arrive
         self.answers = 0
-        self._window_rpm: float | None = -1.0  # the rate the wake-up window was last sized for
+        self._window = 0.0  # the wake-up window in force (tasks/wakeups.py)
         self.journal = Journal(db_path)
         self.client = llm_client.make_client(base_url=config.base_url, api_key=self.api_key, timeout=config.timeout)
         self.sender = http_chat.make_sender(self.client, config.transport, config.timeout)
@@ -120,12 +120,15 @@ class _Engine:
         )
 
     def _size_wakeup_window(self) -> None:
-        # Batch the loop's wake-ups by the rate limit in force (it may be learned from headers)
-        # and the concurrency, which must cover the requests the batching holds back.
-        rpm = getattr(self.limiter, "rpm", None)
-        if self.config.wakeup_window_ms is None and rpm != self._window_rpm:
-            self._window_rpm = rpm
-            wakeups.set_window(wakeups.window_for_rate(rpm, self.config.concurrency))
+        # Batch the loop's wake-ups while requests flow: sized by the rate limit in force (it may be
+        # learned from headers) and the concurrency, which must cover what the batching holds back.
+        if self.config.wakeup_window_ms is not None:
+            window = self.config.wakeup_window_ms / 1000
+        else:
+            window = wakeups.window_for_rate(getattr(self.limiter, "rpm", None), self.config.concurrency)
+        if window != self._window:
+            self._window = window
+            wakeups.set_window(window)
 
     def _count(self, key: str, status: str) -> None:
         table = getattr(self.stats, key)
@@ -148,6 +151,7 @@ class _Engine:
     async def _attempt(self, request: tuple[Any, ...], counter: list[int]) -> str:
         request_id, type_name, model, output_format, messages, params, est_input = request
         counter[0] += 1
+        self._size_wakeup_window()
         estimate = pricing.cost_usd(model, est_input, int(self.avg_completion))
         if not self.budget.try_reserve(estimate):
             self._record(request_id, counter[0], "budget_exceeded",
@@ -230,9 +234,6 @@ class _Engine:
     async def run(self, ids: Sequence[str], on_progress: ProgressCallback | None) -> GenerateStats:
         started = time.monotonic()
         self.stats.requests = len(ids)
-        if self.config.wakeup_window_ms is not None:
-            wakeups.set_window(self.config.wakeup_window_ms / 1000)
-        self._size_wakeup_window()
         queue: asyncio.Queue = asyncio.Queue(maxsize=self.config.concurrency * 2)
         flusher = asyncio.create_task(self._flush_loop(on_progress, started))
         try:
@@ -244,6 +245,8 @@ class _Engine:
             except BaseExceptionGroup as failed:  # surface the cause, not asyncio's wrapper
                 raise failed.exceptions[0] from None
         finally:
+            wakeups.set_window(0.0)  # the last flush and closes answer at once, not on window boundaries
+            self._window = 0.0
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await asyncio.to_thread(self.journal.close)

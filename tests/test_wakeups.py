@@ -106,7 +106,10 @@ def test_set_window_only_touches_batching_loops() -> None:
     assert wakeups.run(batching()) == 0.05
 
 
-def test_generation_runs_on_a_batching_loop_sized_by_the_rate(db_path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("window_ms", "expected"), [(None, [0.3, 0.0]), (40, [0.04, 0.0]), (0, [0.0])])
+def test_generation_runs_on_a_batching_loop_sized_by_the_rate(
+    db_path, monkeypatch: pytest.MonkeyPatch, window_ms: float | None, expected: list[float]
+) -> None:
     from bench.gen_scale import synthetic_images
     from schemas.generation import GenerateConfig
     from tasks.generate import run_requests_sync
@@ -126,10 +129,12 @@ def test_generation_runs_on_a_batching_loop_sized_by_the_rate(db_path, monkeypat
     plan = plan_requests(db_path, sample_types=["complex_reasoning"], model="gpt-4o-mini")
     with start_simulator(SimConfig(seed=2)) as sim:
         config = GenerateConfig(base_url=sim.base_url, api_key="sk-test-wakeups-0123456789", model="gpt-4o-mini",
-                                concurrency=24, rpm=1200, flush_interval_s=0.2)
+                                concurrency=24, rpm=1200, flush_interval_s=0.2, wakeup_window_ms=window_ms)
         start = time.monotonic()
         stats = run_requests_sync(plan.request_ids, db_path=db_path, config=config)
         elapsed = time.monotonic() - start
     assert (stats.done, stats.failed) == (12, 0)
-    assert windows == [pytest.approx(0.3)]  # a quarter of 24 slots at 20/s, set once (the rate did not change)
+    # Default: a quarter of 24 slots at 20/s. Set once while sending (the rate did not change),
+    # then off, so the last flush and the closes are not held to window boundaries.
+    assert windows == [pytest.approx(w) for w in expected]
     assert elapsed < 3.0  # 12 requests at 20/s with a 1 s burst: the batching does not slow the pace
