@@ -169,7 +169,7 @@ def include_journal_rows(con: duckdb.DuckDBPyConnection, db_path: str | Path) ->
     if not segments:
         return 0
     catalog = con.execute("SELECT current_database()").fetchall()[0][0]
-    table = f'"{catalog}".main.responses'
+    table = '"' + catalog.replace('"', '""') + '".main.responses'
     types = store.columns(ResponseRow)
     select = []
     for name, field in ResponseRow.model_fields.items():

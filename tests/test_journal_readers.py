@@ -111,3 +111,14 @@ def test_a_segment_flushed_away_mid_query_is_listed_again(db_path: Path, monkeyp
     assert _sql(db_path, "SELECT request_id FROM responses ORDER BY 1") == [{"request_id": "a"}, {"request_id": "e"}]
     assert calls == [2, 1]
     live.close()
+
+
+def test_odd_database_names_are_quoted(tmp_path: Path) -> None:
+    db = tmp_path / "it's a \"db\".duckdb"
+    store.ensure_schema(db)
+    live = Journal(db)
+    live.append(_row("q", 1))
+    with store.read(db) as con:
+        include_journal_rows(con, db)
+        assert con.execute("SELECT request_id FROM responses").fetchall() == [("q",)]
+    live.close()
