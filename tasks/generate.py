@@ -108,7 +108,7 @@ class _Engine:
         self.budget = Budget(config.max_cost_usd)
         self.avg_completion = float(config.max_tokens)  # pessimistic until answers arrive
         self.answers = 0
-        self._window = 0.0  # the wake-up window in force (tasks/wakeups.py)
+        self._window: float | None = None  # the wake-up window in force (tasks/wakeups.py); None: not set yet
         self.journal = Journal(db_path)
         self.client = llm_client.make_client(base_url=config.base_url, api_key=self.api_key, timeout=config.timeout)
         self.sender = http_chat.make_sender(self.client, config.transport, config.timeout)
@@ -123,9 +123,11 @@ class _Engine:
         # Batch the loop's wake-ups while requests flow: sized by the rate limit in force (it may be
         # learned from headers) and the concurrency, which must cover what the batching holds back.
         if self.config.wakeup_window_ms is not None:
-            window = self.config.wakeup_window_ms / 1000
+            self._set_window(self.config.wakeup_window_ms / 1000)
         else:
-            window = wakeups.window_for_rate(getattr(self.limiter, "rpm", None), self.config.concurrency)
+            self._set_window(wakeups.window_for_rate(getattr(self.limiter, "rpm", None), self.config.concurrency))
+
+    def _set_window(self, window: float) -> None:
         if window != self._window:
             self._window = window
             wakeups.set_window(window)
@@ -151,7 +153,6 @@ class _Engine:
     async def _attempt(self, request: tuple[Any, ...], counter: list[int]) -> str:
         request_id, type_name, model, output_format, messages, params, est_input = request
         counter[0] += 1
-        self._size_wakeup_window()
         estimate = pricing.cost_usd(model, est_input, int(self.avg_completion))
         if not self.budget.try_reserve(estimate):
             self._record(request_id, counter[0], "budget_exceeded",
@@ -209,6 +210,8 @@ class _Engine:
             chunk = ids[i : i + LOAD_CHUNK]
             rows = await asyncio.to_thread(_load_pending, self.db_path, chunk)
             self.stats.already_ok += len(chunk) - len(rows)
+            if i == 0:  # sending starts now; the first load itself was not held to a window boundary
+                self._size_wakeup_window()
             for row in rows:
                 await queue.put(row)
         for _ in range(self.config.concurrency):
@@ -245,8 +248,7 @@ class _Engine:
             except BaseExceptionGroup as failed:  # surface the cause, not asyncio's wrapper
                 raise failed.exceptions[0] from None
         finally:
-            wakeups.set_window(0.0)  # the last flush and closes answer at once, not on window boundaries
-            self._window = 0.0
+            self._set_window(0.0)  # the last flush and closes answer at once, not on window boundaries
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await asyncio.to_thread(self.journal.close)

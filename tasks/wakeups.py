@@ -15,9 +15,9 @@ latency: each event is handled up to `window_s` late. The engine sizes the windo
 limit and the concurrency (`window_for_rate`): 10 requests' worth of time, at most 1 s (the rate
 limiter's burst), and never more than a quarter of the concurrency's worth (a send and its answer
 can each wait a window, so batching then holds at most half of the concurrency); a run without a
-known limit is not batched. Measured side by side (two runs at once, 600 requests each at 10 requests/s): a 0.5 s
-window used 21% less client CPU than 0.25 s, and 1 s 25% less than 0.5 s; the same
-configuration twice differed by 7%.
+known limit is not batched. Measured side by side (two runs at once, 600 requests each at 10
+requests/s): a 0.5 s window used 21% less client CPU than 0.25 s, and 1 s 25% less than 0.5 s;
+the same configuration twice differed by 7%.
 """
 
 from __future__ import annotations
