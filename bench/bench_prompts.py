@@ -7,7 +7,7 @@ objects each, some crowd boxes), then times, in one run:
   (3 queries per image) on the same subset, side by side;
 - `build_messages` for every image and the three sample types;
 - token counting per request: counting every message against counting the shared prefix once
-  and only the image's message per request (what `tasks/plan.py` does).
+  and only the image's message per request (what `tasks/prompting/plan.py` does).
 
     python bench/bench_prompts.py --images 53000
 """
@@ -25,8 +25,8 @@ from typing import TypeVar
 from schemas.samples import SAMPLE_TYPES
 from schemas.tables import CaptionRow, ImageRow, ObjectRow
 from tasks import store
-from tasks.prompts import build_messages, load_contexts
-from tasks.tokens import REPLY_PRIMING, count_message_tokens
+from tasks.prompting.prompts import build_messages, load_contexts
+from tasks.prompting.tokens import REPLY_PRIMING, count_message_tokens
 
 WORDS = ("a", "man", "woman", "dog", "cat", "bus", "street", "table", "kitchen", "red", "large", "small", "two",
          "sitting", "standing", "next", "to", "on", "the", "of", "with", "near", "beach", "park", "holding")

@@ -1,6 +1,6 @@
 """Dedup benchmark: 158K synthetic samples with planted exact and near duplicates (labels known).
 
-Measures `tasks.dedup.dedup` (DuckDB SQL + numpy MinHash) end to end on a DuckDB file, scores its
+Measures `tasks.curation.dedup.dedup` (DuckDB SQL + numpy MinHash) end to end on a DuckDB file, scores its
 `duplicates` rows against the planted labels, and runs datasketch's MinHashLSH on the same texts
 side by side (same shingles, permutations and banding; its candidates verified by exact Jaccard too).
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from tasks.dedup import DedupParams, dedup
+from tasks.curation.dedup import DedupParams, dedup
 from tasks.store import query, write
 
 _COMMON_TEXT = (

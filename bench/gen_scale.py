@@ -22,8 +22,8 @@ import psutil
 from schemas.generation import GenerateConfig, GenerateStats
 from schemas.tables import CaptionRow, ImageRow, ObjectRow
 from tasks import store
-from tasks.generate import run_requests_sync
-from tasks.plan import plan_requests
+from tasks.llm.engine import run_requests_sync
+from tasks.prompting.plan import plan_requests
 from tests.sim import SimConfig, start_simulator_process
 
 CATEGORIES = ("person", "dog", "bicycle", "car", "cup", "umbrella", "bench", "kite", "pizza", "clock")

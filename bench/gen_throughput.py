@@ -32,8 +32,8 @@ from pathlib import Path
 from bench.gen_scale import synthetic_images
 from schemas.generation import GenerateConfig
 from tasks import store
-from tasks.generate import run_requests_sync
-from tasks.plan import plan_requests
+from tasks.llm.engine import run_requests_sync
+from tasks.prompting.plan import plan_requests
 from tests.sim import SimConfig, start_simulator_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,8 +116,8 @@ def run_sdk_floor(prompts: Path, n: int, sim_config: SimConfig, rpm: float) -> d
     """The openai SDK alone (the same `post` call our client makes, no engine), paced at `rpm`: the CPU floor."""
     import asyncio
 
-    from tasks.http_chat import make_sender
-    from tasks.llm_client import make_client
+    from tasks.llm.client import make_client
+    from tasks.llm.transport import make_sender
 
     bodies = [json.loads(line)["messages"] for line in prompts.open()][:n]
 

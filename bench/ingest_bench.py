@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from tasks import store
-from tasks.coco import ingest
+from tasks.ingest.coco import ingest
 
 
 def write_synthetic_coco(root: Path, n_images: int, seed: int = 0) -> None:

@@ -2,7 +2,7 @@
 
 Both sides do the same work on their own copy of one planned database, against one zero-latency
 simulator process: plan (all requests already planned, so this re-derives the pending ids), then
-the same shards, `--max-workers` at a time, each sent by `tasks.generate.run_requests_sync`.
+the same shards, `--max-workers` at a time, each sent by `tasks.llm.engine.run_requests_sync`.
 - plain: a `ThreadPoolExecutor` over the shards, no Prefect anywhere;
 - flow:  `flows.generate.generate_flow` on a temporary Prefect server (started before timing):
          one task run per shard, retries armed, live progress artifact.
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from bench.gen_scale import synthetic_images
 from schemas.generation import GenerateConfig, GenerateStats
-from tasks.generate import run_requests_sync
-from tasks.plan import plan_requests, shard
+from tasks.llm.engine import run_requests_sync
+from tasks.prompting.plan import plan_requests, shard
 from tests.sim import SimConfig, start_simulator_process
 
 SAMPLE_TYPE = "complex_reasoning"

@@ -10,7 +10,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from schemas.flow_params import CurateParams
 from tasks import prefect_tasks
-from tasks.export import default_image_root
+from tasks.curation.export import default_image_root
 from tasks.store import resolve_db
 
 REPORT_KEY = "dataset-report"

@@ -23,8 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from schemas.generation import GenerateConfig, GenerateStats
 from schemas.settings import get_settings
-from tasks import pricing, store
-from tasks.export import default_image_root
+from tasks import store
+from tasks.curation.export import default_image_root
+from tasks.llm import pricing
 
 DEFAULT_REAL_BUDGET_USD = 1.0  # a real endpoint costs money: cap the demo unless told otherwise
 SQL_TO_TRY = (
@@ -161,12 +162,12 @@ def _show_training_line(console: Console, line: str) -> None:
 
 def _run_plain(console: Console, coco_dir: Path, splits: list[str], db: Path, export_dir: Path, work: Path,
                config: GenerateConfig, train: bool) -> Path | None:
-    from tasks.coco import ingest
-    from tasks.dedup import dedup
-    from tasks.export import export
-    from tasks.generate import generate
-    from tasks.report import build_report
-    from tasks.validate import validate_pending
+    from tasks.curation.dedup import dedup
+    from tasks.curation.export import export
+    from tasks.curation.report import build_report
+    from tasks.curation.validate import validate_pending
+    from tasks.ingest.coco import ingest
+    from tasks.llm.engine import generate
 
     for split in splits:
         stats = ingest(coco_dir, split, db)

@@ -2,7 +2,7 @@
 
 Never one task per request (DESIGN.md: ~14 ms of Prefect bookkeeping each, and the server
 drops events at 10K tasks). A shard of hundreds of requests runs them concurrently with asyncio
-inside `tasks.generate.run_requests_sync`; Prefect retries a failed shard, and the engine skips
+inside `tasks.llm.engine.run_requests_sync`; Prefect retries a failed shard, and the engine skips
 what the failed attempt already answered. Incremental by construction: the plan only holds
 requests without a good response, so the nightly schedule sends only what is new.
 """
@@ -22,8 +22,8 @@ from schemas.flow_params import GenerateParams
 from schemas.generation import GenerateConfig, GenerateStats
 from schemas.settings import get_settings
 from tasks import prefect_tasks
-from tasks.plan import shard
-from tasks.shared_limiter import SharedRateLimiter
+from tasks.llm.shared_limiter import SharedRateLimiter
+from tasks.prompting.plan import shard
 from tasks.store import resolve_db
 
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SAMPLE_COCO = str(Path(__file__).resolve().parents[1] / "tasks" / "sample_coco")
+SAMPLE_COCO = str(Path(__file__).resolve().parents[1] / "tasks" / "ingest" / "sample_coco")
 ALL_SAMPLE_TYPES = ["conversation", "detail_description", "complex_reasoning"]
 
 

@@ -43,9 +43,9 @@ class GenerateConfig(BaseModel):
     tpm: float | None = Field(default=None, gt=0)
     max_cost_usd: float | None = Field(default=None, ge=0)
     timeout: float = Field(default=120.0, gt=0)  # seconds per HTTP attempt
-    # how each POST travels (tasks/http_chat.py): lean aiohttp, or the openai SDK's own `post`
+    # how each POST travels (tasks/llm/transport.py): lean aiohttp, or the openai SDK's own `post`
     transport: Literal["aiohttp", "sdk"] = "aiohttp"
-    # event-loop wake-up batching (tasks/wakeups.py): None = sized from the rate limit, 0 = off
+    # event-loop wake-up batching (tasks/llm/wakeups.py): None = sized from the rate limit, 0 = off
     wakeup_window_ms: float | None = Field(default=None, ge=0, le=1000)
     max_attempts: int = Field(default=5, ge=1)
     temperature: float = 0.2

@@ -1,4 +1,4 @@
-"""The LLaVA training record that `tasks/export.py` writes and `training/data.py` reads.
+"""The LLaVA training record that `tasks/curation/export.py` writes and `training/data.py` reads.
 
 One record per sample: `{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}, ...]}`.
 Turns alternate human/gpt starting with human, and the `<image>` placeholder appears exactly once,

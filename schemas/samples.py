@@ -1,7 +1,7 @@
 """What the LLM must return for each sample type, and the registry that names the types.
 
-A sample type is data: its output model here, its prompt files under `tasks/prompts/<name>/`,
-and its export rule in `tasks/export.py` are all looked up by `SampleType.name`.
+A sample type is data: its output model here, its prompt files under `tasks/prompting/templates/<name>/`,
+and its export rule in `tasks/curation/export.py` are all looked up by `SampleType.name`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Row shapes of every DuckDB table: the single source of truth for the store's schema.
 
-`tasks/store.py` derives `CREATE TABLE` statements from these models, so a column is added
+`tasks/store/__init__.py` derives `CREATE TABLE` statements from these models, so a column is added
 here and nowhere else. JSON columns are typed `dict` / `list` (stored as DuckDB `JSON`).
 Each model names its table and primary key in `model_config["json_schema_extra"]`.
 """

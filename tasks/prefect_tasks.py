@@ -1,11 +1,12 @@
 """Thin Prefect `@task` wrappers around the plain task functions: retries and caching only.
 
-The work itself lives in the plain modules (`tasks.coco`, `tasks.plan`, `tasks.generate`,
-`tasks.validate`, `tasks.dedup`, `tasks.export`, `tasks.report`, `tasks.train_launch`), which
-import without Prefect. Every wrapper here uses `NO_CACHE` and does not persist its result:
-DuckDB is the system of record and every step is idempotent against it (a rerun sends no
-request that already has a good response and adds no row), so a Prefect result cache could only
-hide new data. Retries are on the steps that talk to the network or to a child process.
+The work itself lives in the plain modules (`tasks.ingest.coco`, `tasks.prompting.plan`,
+`tasks.llm.engine`, `tasks.curation.validate`, `tasks.curation.dedup`, `tasks.curation.export`,
+`tasks.curation.report`, `tasks.train_launch`), which import without Prefect. Every wrapper here
+uses `NO_CACHE` and does not persist its result: DuckDB is the system of record and every step is
+idempotent against it (a rerun sends no request that already has a good response and adds no row),
+so a Prefect result cache could only hide new data. Retries are on the steps that talk to the
+network or to a child process.
 """
 
 from __future__ import annotations
@@ -18,23 +19,23 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.generation import GenerateConfig, GenerateStats
-from tasks.ratelimit import RateLimiter
+from tasks.llm.ratelimit import RateLimiter
 
 _PLAIN = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="ingest-split", **_PLAIN)
 def ingest_split(coco_dir: str, split: str, db_path: str | None, strict: bool) -> Any:
-    """`tasks.coco.ingest` for one split."""
-    from tasks.coco import ingest
+    """`tasks.ingest.coco.ingest` for one split."""
+    from tasks.ingest.coco import ingest
 
     return ingest(coco_dir, split, db_path, strict=strict)
 
 
 @task(name="plan-requests", **_PLAIN)
 def plan(db_path: str | None, **kwargs: Any) -> Any:
-    """`tasks.plan.plan_requests`: the requests that still lack a good sample."""
-    from tasks.plan import plan_requests
+    """`tasks.prompting.plan.plan_requests`: the requests that still lack a good sample."""
+    from tasks.prompting.plan import plan_requests
 
     return plan_requests(db_path, **kwargs)
 
@@ -47,12 +48,12 @@ def generate_shard(
     limiter: RateLimiter | None = None,
     on_progress: Callable[[GenerateStats], None] | None = None,
 ) -> GenerateStats:
-    """One shard (hundreds of requests) sent concurrently by `tasks.generate.run_requests_sync`.
+    """One shard (hundreds of requests) sent concurrently by `tasks.llm.engine.run_requests_sync`.
 
     A retry re-runs the whole shard; requests answered well before the failure are skipped
     by the engine, so nothing is paid twice and no sample is duplicated.
     """
-    from tasks.generate import run_requests_sync
+    from tasks.llm.engine import run_requests_sync
 
     return run_requests_sync(
         list(request_ids), db_path=db_path, config=config, limiter=limiter, on_progress=on_progress
@@ -66,41 +67,41 @@ def generate_batch(
     config: GenerateConfig,
     on_progress: Callable[[GenerateStats], None] | None = None,
 ) -> GenerateStats:
-    """`tasks.batch.run_batch`: OpenAI Batch API jobs, polled until done. Batch ids live in DuckDB,
+    """`tasks.llm.batch.run_batch`: OpenAI Batch API jobs, polled until done. Batch ids live in DuckDB,
     so a retry (or a new run) resumes polling instead of submitting again."""
-    from tasks.batch import run_batch
+    from tasks.llm.batch import run_batch
 
     return run_batch(db_path, list(request_ids), config, on_progress=on_progress)
 
 
 @task(name="validate", **_PLAIN)
 def validate(db_path: str | None) -> Any:
-    """`tasks.validate.validate_pending`: parse and check every response not yet validated."""
-    from tasks.validate import validate_pending
+    """`tasks.curation.validate.validate_pending`: parse and check every response not yet validated."""
+    from tasks.curation.validate import validate_pending
 
     return validate_pending(db_path)
 
 
 @task(name="dedup", **_PLAIN)
 def dedup(db_path: str | None, threshold: float, scope: str) -> Any:
-    """`tasks.dedup.dedup`: exact and near-duplicate removal in DuckDB."""
-    from tasks.dedup import dedup as run_dedup
+    """`tasks.curation.dedup.dedup`: exact and near-duplicate removal in DuckDB."""
+    from tasks.curation.dedup import dedup as run_dedup
 
     return run_dedup(db_path, threshold=threshold, scope=scope)
 
 
 @task(name="export", **_PLAIN)
 def export(db_path: str | None, out_dir: str, image_root: str, seed: int) -> Any:
-    """`tasks.export.export`: LLaVA json, per-type files, stage-1 pairs, parquet."""
-    from tasks.export import export as run_export
+    """`tasks.curation.export.export`: LLaVA json, per-type files, stage-1 pairs, parquet."""
+    from tasks.curation.export import export as run_export
 
     return run_export(db_path, out_dir, image_root, seed=seed)
 
 
 @task(name="report", **_PLAIN)
 def report(db_path: str | None, out_dir: str) -> Any:
-    """`tasks.report.build_report`: markdown, tables and plots of the dataset."""
-    from tasks.report import build_report
+    """`tasks.curation.report.build_report`: markdown, tables and plots of the dataset."""
+    from tasks.curation.report import build_report
 
     return build_report(db_path, out_dir)
 

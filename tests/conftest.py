@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from schemas import flow_params
+
 REPO = Path(__file__).resolve().parents[1]
 COCO_MINI = REPO.parent / "shared" / "coco-mini"
-SAMPLE_COCO = REPO / "tasks" / "sample_coco"
+SAMPLE_COCO = Path(flow_params.SAMPLE_COCO)
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

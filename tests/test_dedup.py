@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.dedup import DedupParams, dedup, lsh_banding, minhash_signatures
+from tasks.curation.dedup import DedupParams, dedup, lsh_banding, minhash_signatures
 from tasks.store import query
 from tests.curation_rows import add_samples
 

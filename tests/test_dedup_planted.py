@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.dedup_bench import generate, load_samples, score
-from tasks.dedup import DedupParams, dedup
+from tasks.curation.dedup import DedupParams, dedup
 from tasks.store import query
 
 

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import get_app
-from tasks.coco import ingest
-from tasks.download import (
+from tasks.ingest.coco import ingest
+from tasks.ingest.download import (
     IMAGES_BASE_URL,
     OFFICIAL_ARCHIVES,
     Checksum,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from schemas.samples import ComplexReasoningOutput, ConversationOutput, QuestionAnswer
-from tasks.dedup import dedup
-from tasks.export import export, export_files, instructions
-from tasks.formats import render
-from tasks.validate import validate_pending
+from tasks.curation.dedup import dedup
+from tasks.curation.export import export, export_files, instructions
+from tasks.curation.validate import validate_pending
+from tasks.prompting.formats import render
 from tests.curation_rows import add_images, add_response
 
 DESCRIPTION = ("A red square fills the frame on a plain background. The edges are sharp and the color is even, "

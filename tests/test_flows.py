@@ -22,7 +22,7 @@ from flows.pipeline import pipeline_flow
 from flows.train import train_flow
 from schemas.flow_params import CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
 from tasks import store
-from tasks.shared_limiter import SharedRateLimiter
+from tasks.llm.shared_limiter import SharedRateLimiter
 from tests.sim import SimConfig, start_simulator
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -216,7 +216,7 @@ def test_api_key_from_a_secret_block_reaches_the_endpoint_but_no_log(
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("VISTUNE_SECRET_BLOCK", "vistune-test-key")
     ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
-    from tasks import llm_client
+    from tasks.llm import client as llm_client
 
     seen: list[str | None] = []
     make_client = llm_client.make_client

@@ -8,10 +8,10 @@ from pathlib import Path
 from bench.gen_scale import synthetic_images
 from schemas.generation import GenerateConfig
 from tasks import store
-from tasks.batch import STORED, make_sync_client, run_batch
-from tasks.formats import parse
-from tasks.generate import generate
-from tasks.plan import plan_requests
+from tasks.llm.batch import STORED, make_sync_client, run_batch
+from tasks.llm.engine import generate
+from tasks.prompting.formats import parse
+from tasks.prompting.plan import plan_requests
 from tests.sim import SimConfig, start_simulator
 
 

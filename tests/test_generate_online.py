@@ -11,10 +11,10 @@ import pytest
 from bench.gen_scale import synthetic_images
 from schemas.generation import RETRYABLE_STATUSES, GenerateConfig
 from tasks import store
-from tasks.formats import parse
-from tasks.generate import generate, run_requests_sync
-from tasks.journal import journal_dir
-from tasks.plan import plan_requests
+from tasks.llm.engine import generate, run_requests_sync
+from tasks.prompting.formats import parse
+from tasks.prompting.plan import plan_requests
+from tasks.store.journal import journal_dir
 from tests.sim import SimConfig, start_simulator
 
 SECRET = "sk-vistune-test-DO-NOT-LEAK-0123456789abcdef"
@@ -155,8 +155,8 @@ def test_run_params_keep_the_key_out(db_path: Path) -> None:
 
 
 def test_a_rejected_key_stops_the_run_at_once(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks import llm_client
-    from tasks.generate import AuthenticationFailed
+    from tasks.llm import client as llm_client
+    from tasks.llm.engine import AuthenticationFailed
 
     synthetic_images(db_path, 30)
     plan = plan_requests(db_path, sample_types=["complex_reasoning"], model="gpt-4o-mini")

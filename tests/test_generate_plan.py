@@ -8,8 +8,8 @@ import pytest
 
 from schemas.tables import ResponseRow
 from tasks import store
-from tasks.coco import ingest
-from tasks.plan import plan_requests, shard
+from tasks.ingest.coco import ingest
+from tasks.prompting.plan import plan_requests, shard
 
 TYPES = ["conversation", "detail_description", "complex_reasoning"]
 
@@ -58,16 +58,16 @@ def test_plan_skips_good_samples_and_replans_for_new_model_or_prompt(
     other_model = plan_requests(ingested, sample_types=["conversation"], model="gpt-4o-mini", limit_images=2)
     assert other_model.planned_new == 2
 
-    import tasks.prompts
+    import tasks.prompting.prompts
 
-    real_build = tasks.prompts.build_messages
+    real_build = tasks.prompting.prompts.build_messages
 
     def edited_prompt(ctx, type_name, output_format):  # an edited template has a new version
         messages, version = real_build(ctx, type_name, output_format)
         messages[0] = {**messages[0], "content": messages[0]["content"] + "\nBe concise."}
         return messages, version + "-edited"
 
-    monkeypatch.setattr(tasks.prompts, "build_messages", edited_prompt)
+    monkeypatch.setattr(tasks.prompting.prompts, "build_messages", edited_prompt)
     new_prompt = plan_requests(ingested, sample_types=["conversation"], model="gpt-4o", limit_images=2)
     assert new_prompt.planned_new == 2 and new_prompt.already_ok == 0
 

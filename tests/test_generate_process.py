@@ -14,7 +14,7 @@ import pytest
 
 from bench.gen_scale import synthetic_images
 from tasks import store
-from tasks.journal import journal_dir
+from tasks.store.journal import journal_dir
 from tests.sim import SimConfig, start_simulator_process
 
 REPO = Path(__file__).resolve().parents[1]

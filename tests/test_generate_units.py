@@ -12,14 +12,15 @@ import pytest
 
 from schemas.generation import RESPONSE_STATUSES, RETRYABLE_STATUSES, GenerateConfig
 from schemas.tables import ResponseRow
-from tasks import pricing, store
-from tasks.batch import batch_line, split_lines
-from tasks.formats import render
-from tasks.generate import Budget
-from tasks.journal import Journal, journal_dir, replay_orphans
-from tasks.llm_client import classify, redact
-from tasks.ratelimit import LocalRateLimiter, RateLimiter, parse_duration, retry_after_s
-from tasks.shared_limiter import SharedRateLimiter
+from tasks import store
+from tasks.llm import pricing
+from tasks.llm.batch import batch_line, split_lines
+from tasks.llm.client import classify, redact
+from tasks.llm.engine import Budget
+from tasks.llm.ratelimit import LocalRateLimiter, RateLimiter, parse_duration, retry_after_s
+from tasks.llm.shared_limiter import SharedRateLimiter
+from tasks.prompting.formats import render
+from tasks.store.journal import Journal, journal_dir, replay_orphans
 
 
 def _body(content: str | None, finish_reason: str = "stop", refusal: str | None = None) -> dict:

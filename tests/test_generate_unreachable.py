@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from flows.cli import get_app
 from tasks import store
-from tasks.coco import ingest
+from tasks.ingest.coco import ingest
 
 
 def _closed_port() -> int:

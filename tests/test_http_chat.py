@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from tasks import llm_client
-from tasks.http_chat import TRANSPORTS, chat_url, env_proxy, make_sender, request_headers
+from tasks.llm import client as llm_client
+from tasks.llm.transport import TRANSPORTS, chat_url, env_proxy, make_sender, request_headers
 from tests.sim import SimConfig, start_simulator
 
 SECRET = "sk-transport-test-0123456789abcdef"
@@ -164,7 +164,7 @@ def test_reply_body_that_is_not_json_is_kept() -> None:
 
     class Broken:
         async def send(self, body_, headers):
-            from tasks.http_chat import Reply
+            from tasks.llm.transport import Reply
 
             return Reply(200, {}, body)
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from flows.cli import get_app
 from tasks import store
-from tasks.coco import IngestError, ingest, normalise_box
+from tasks.ingest.coco import IngestError, ingest, normalise_box
 
 SPLIT = "train2017"
 

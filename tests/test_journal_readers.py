@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from flows.cli import get_app
 from schemas.tables import ResponseRow
-from tasks import journal as journal_module
 from tasks import store
-from tasks.journal import Journal, include_journal_rows, is_vanished_segment, journal_dir
+from tasks.store import journal as journal_module
+from tasks.store.journal import Journal, include_journal_rows, is_vanished_segment, journal_dir
 
 
 def _row(request_id: str, n: int, **fields) -> dict:

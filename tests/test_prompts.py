@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from flows.cli import get_app
 from schemas.samples import SAMPLE_TYPES
-from tasks import prompts, store, tokens
-from tasks.coco import ingest
-from tasks.formats import OUTPUT_FORMATS, parse, render
-from tasks.prompts import (
+from tasks import store
+from tasks.ingest.coco import ingest
+from tasks.prompting import prompts, tokens
+from tasks.prompting.formats import OUTPUT_FORMATS, parse, render
+from tasks.prompting.prompts import (
     ImageContext,
     ObjectBox,
     PromptFileError,
@@ -34,7 +35,7 @@ from tasks.prompts import (
 )
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-SAMPLE_CROWD_IMAGE = 990000000003  # tasks/sample_coco image with two dogs and a crowd box
+SAMPLE_CROWD_IMAGE = 990000000003  # tasks/ingest/sample_coco image with two dogs and a crowd box
 COCO_MINI_FIRST_TRAIN = 493652  # first image of coco-mini's instances_train2017.json
 COCO_MINI_TWO_CROWDS = 174375  # the train2017 image with two crowd boxes
 
@@ -270,7 +271,8 @@ def test_example_contexts_and_answers_follow_the_rules(type_name: str) -> None:
 @pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
 def test_example_answers_pass_curation(type_name: str, output_format: str) -> None:
     """The ideal answers we show the model must survive our own validation and content rules."""
-    validate = pytest.importorskip("tasks.validate", reason="curation (tasks/validate.py) not in this tree")
+    from tasks.curation import validate
+
     for i, (_, output) in enumerate(load_template(type_name).examples):
         result = validate.validate_output(type_name, output_format, render(output, output_format), "stop")
         assert result.rejects == [], f"{type_name} example {i} is rejected: {result.rejects}"

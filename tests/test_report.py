@@ -8,10 +8,10 @@ from typer.testing import CliRunner
 
 from flows.cli import get_app
 from schemas.samples import ConversationOutput, QuestionAnswer
-from tasks.dedup import dedup
-from tasks.formats import render
-from tasks.report import build_report
-from tasks.validate import validate_pending
+from tasks.curation.dedup import dedup
+from tasks.curation.report import build_report
+from tasks.curation.validate import validate_pending
+from tasks.prompting.formats import render
 from tests.curation_rows import add_images, add_response
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks.shared_limiter import SharedRateLimiter
+from tasks.llm.shared_limiter import SharedRateLimiter
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A worker process: waits for a common start time, then acquires N permits and prints their times.
 _WORKER = """
 import asyncio, json, sys, time
-from tasks.shared_limiter import SharedRateLimiter
+from tasks.llm.shared_limiter import SharedRateLimiter
 path, rpm, n, start_at = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 limiter = SharedRateLimiter(path, rpm=rpm)
 time.sleep(max(0.0, start_at - time.time()))
@@ -119,8 +119,8 @@ def test_a_request_bigger_than_the_bucket_still_goes_when_full(tmp_path: Path, b
 _GENERATE_WORKER = """
 import json, sys, time
 from schemas.generation import GenerateConfig
-from tasks.generate import run_requests_sync
-from tasks.shared_limiter import SharedRateLimiter
+from tasks.llm.engine import run_requests_sync
+from tasks.llm.shared_limiter import SharedRateLimiter
 db, bucket, base_url, ids_file, rpm, start_at = sys.argv[1:7]
 limiter = SharedRateLimiter(bucket, rpm=float(rpm))
 config = GenerateConfig(model="gpt-4o-mini", base_url=base_url, rpm=float(rpm), concurrency=16)
@@ -132,8 +132,8 @@ print(json.dumps({"done": stats.done, "failed": stats.failed}))
 
 @pytest.mark.coco_mini
 def test_two_generation_workers_stay_within_the_limit_together(tmp_path: Path, coco_mini: Path) -> None:
-    from tasks.coco import ingest
-    from tasks.plan import plan_requests
+    from tasks.ingest.coco import ingest
+    from tasks.prompting.plan import plan_requests
     from tests.sim import SimConfig, start_simulator
 
     db = tmp_path / "vistune.duckdb"

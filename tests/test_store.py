@@ -106,7 +106,7 @@ def _duckdb_cli_read(db_path: Path, sql: str) -> subprocess.CompletedProcess[str
 
 
 def test_duckdb_cli_reads_the_store(db_path: Path, sample_coco: Path) -> None:
-    from tasks.coco import ingest
+    from tasks.ingest.coco import ingest
 
     ingest(sample_coco, "train2017", db_path)
     result = _duckdb_cli_read(db_path, "SELECT count(*) AS n FROM captions")

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from flows.cli import get_app
 from schemas.samples import ConversationOutput, QuestionAnswer
-from tasks.formats import render
+from tasks.curation.validate import sample_id_for, validate_pending
+from tasks.prompting.formats import render
 from tasks.store import query
-from tasks.validate import sample_id_for, validate_pending
 from tests.curation_rows import add_response
 
 GOOD = ConversationOutput(rounds=[

@@ -8,8 +8,8 @@ import pytest
 
 from schemas.curation import ContentThresholds, RejectCode
 from schemas.samples import ComplexReasoningOutput, ConversationOutput, DetailDescriptionOutput, QuestionAnswer
-from tasks.formats import render
-from tasks.validate import validate_output
+from tasks.curation.validate import validate_output
+from tasks.prompting.formats import render
 
 CONVERSATION = ConversationOutput(rounds=[
     QuestionAnswer(question="What color is the bus in the image?",
@@ -222,7 +222,7 @@ def test_several_codes_reported_together() -> None:
                  "I don't have access to images."]),
 ])
 def test_keyword_screens_never_hide_a_pattern_match(screen: str, examples: list[str]) -> None:
-    from tasks import rules
+    from tasks.curation import rules
 
     guarded = getattr(rules, screen)
     for example in examples:

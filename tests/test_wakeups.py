@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tasks import wakeups
+from tasks.llm import wakeups
 
 
 def test_window_follows_the_rate_limit() -> None:
@@ -112,8 +112,8 @@ def test_generation_runs_on_a_batching_loop_sized_by_the_rate(
 ) -> None:
     from bench.gen_scale import synthetic_images
     from schemas.generation import GenerateConfig
-    from tasks.generate import run_requests_sync
-    from tasks.plan import plan_requests
+    from tasks.llm.engine import run_requests_sync
+    from tasks.prompting.plan import plan_requests
     from tests.sim import SimConfig, start_simulator
 
     windows: list[float] = []

@@ -54,7 +54,7 @@ def request_body(i: int, structured: bool) -> dict:
         "temperature": 0.2,
     }
     if structured:
-        from tasks.formats import json_schema
+        from tasks.prompting.formats import json_schema
 
         body["response_format"] = {"type": "json_schema", "json_schema": json_schema("conversation")}
     return body

@@ -13,7 +13,7 @@ Files written to `out_dir` (names in `export_files()`):
 
 A sample type's export rule is data: its (question, answer) turns come from
 `schemas.samples.question_answer_pairs`, and a turn without a question (a detail description) gets an
-instruction drawn from `tasks/instructions/<type>.txt`. Every random choice (instruction, caption,
+instruction drawn from `tasks/curation/instructions/<type>.txt`. Every random choice (instruction, caption,
 `<image>` before or after the first question) is drawn from a generator seeded by (seed, record id),
 so the same database and seed give byte-identical files.
 """
@@ -47,7 +47,7 @@ _PARQUET_SCHEMA = pa.schema([
 
 @cache
 def instructions(name: str) -> tuple[str, ...]:
-    """The instruction phrasings in `tasks/instructions/<name>.txt` (comments and blank lines skipped)."""
+    """The instruction phrasings in `tasks/curation/instructions/<name>.txt` (comments and blank lines skipped)."""
     path = INSTRUCTIONS_DIR / f"{name}.txt"
     if not path.exists():
         raise FileNotFoundError(f"no instruction list {path}: a turn without a question needs one (one per line)")

@@ -11,9 +11,9 @@ from flows.cli import prompts_app
 from schemas.samples import SAMPLE_TYPES
 from schemas.settings import get_settings
 from tasks import store
-from tasks.formats import OUTPUT_FORMATS
-from tasks.prompts import build_messages, load_contexts, load_template
-from tasks.tokens import REPLY_PRIMING, count_message_tokens, encoding_name, message_tokens
+from tasks.prompting.formats import OUTPUT_FORMATS
+from tasks.prompting.prompts import build_messages, load_contexts, load_template
+from tasks.prompting.tokens import REPLY_PRIMING, count_message_tokens, encoding_name, message_tokens
 
 
 def _check_choice(value: str, choices: tuple[str, ...] | list[str], what: str) -> str:

@@ -15,7 +15,8 @@ from flows.cli import app
 from schemas.generation import GenerateConfig, GenerateStats
 from schemas.samples import SAMPLE_TYPES
 from schemas.settings import get_settings
-from tasks import pricing, store
+from tasks import store
+from tasks.llm import pricing
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,7 +41,7 @@ def _types(text: str) -> list[str]:
 
 
 def _usd(value: float | None) -> str:
-    return "no price (add it to tasks/prices.toml)" if value is None else f"${value:,.2f}"
+    return "no price (add it to tasks/llm/prices.toml)" if value is None else f"${value:,.2f}"
 
 
 @app.command("estimate")
@@ -53,8 +54,8 @@ def estimate_command(
     db: DbOption = None,
 ) -> None:
     """Requests, tokens and cost (online vs batch) of what `generate` would send. Sends nothing, writes nothing."""
-    from tasks.estimate import estimate  # imported here: `vistune sql` & co. need not load the engine
-    from tasks.plan import plan_requests
+    from tasks.llm.estimate import estimate  # imported here: `vistune sql` & co. need not load the engine
+    from tasks.prompting.plan import plan_requests
 
     model = model or get_settings().model
     plan = plan_requests(db, sample_types=_types(types), model=model, output_format=output_format,
@@ -122,7 +123,7 @@ def generate_command(
     The API key comes from $OPENAI_API_KEY (or .env / vistune.toml), never from a flag, so it
     stays out of shell history; it is never printed or stored.
     """
-    from tasks.generate import AuthenticationFailed, generate, with_settings  # here: openai is slow to import
+    from tasks.llm.engine import AuthenticationFailed, generate, with_settings  # here: openai is slow to import
 
     try:
         config = with_settings(GenerateConfig(

@@ -1,12 +1,12 @@
 """Prompt building: what the LLM reads for one image and one sample type.
 
-A sample type's prompt is data in `tasks/prompts/<sample_type>/`:
+A sample type's prompt is data in `tasks/prompting/templates/<sample_type>/`:
 
 - `system.md`: the task, written for a model that never sees the image, only its text context.
 - `format_structured.md`, `format_llava-text.md`: how to shape the answer; appended to the system text.
 - `examples.json`: few-shot pairs `{"context": {...}, "output": {...}}`; the context is rendered
   exactly like a real image's, the output is the sample type's pydantic model, rendered in the
-  requested format with `tasks.formats.render`.
+  requested format with `tasks.prompting.formats.render`.
 
 The `prompt_version` is a content hash of those files, so editing any of them makes new
 requests (and leaves old samples attributable to the prompt that made them).
@@ -31,9 +31,9 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from schemas.samples import SampleOutput, sample_type
-from tasks.formats import OUTPUT_FORMATS, check_format, render
+from tasks.prompting.formats import OUTPUT_FORMATS, check_format, render
 
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parent / "templates"
 BOX_DECIMALS = 3
 _IDS_VIEW = "_vistune_context_ids"
 CROWD_MARK = " (crowd)"  # appended to the category of an `iscrowd` region; system prompts explain it

@@ -4,7 +4,7 @@ How one run works (`run_requests`):
 - leftover journals of crashed runs are loaded into DuckDB first, then requests are read in
   chunks and those that already have an `ok` response are skipped (never paid twice);
 - `concurrency` worker coroutines take requests from a bounded queue (memory stays flat);
-- each attempt waits for the rate limiter, is sent once (`tasks/llm_client.py`), and its row is
+- each attempt waits for the rate limiter, is sent once (`tasks/llm/client.py`), and its row is
   appended to the journal before the worker looks at anything else; retries use tenacity's
   exponential backoff with full jitter on the retryable statuses (`schemas.generation`);
 - a background loop moves journal rows into `responses` a few seconds after the first answers,
@@ -29,9 +29,11 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_ra
 from schemas.generation import RETRYABLE_STATUSES, GenerateConfig, GenerateStats
 from schemas.settings import get_settings
 from schemas.tables import RunRow
-from tasks import http_chat, llm_client, pricing, store, wakeups
-from tasks.journal import DB_LOCK, Journal, replay_orphans
-from tasks.ratelimit import LocalRateLimiter, RateLimiter
+from tasks import store
+from tasks.llm import client as llm_client
+from tasks.llm import pricing, transport, wakeups
+from tasks.llm.ratelimit import LocalRateLimiter, RateLimiter
+from tasks.store.journal import DB_LOCK, Journal, replay_orphans
 
 LOAD_CHUNK = 1000
 PROGRESS_EVERY_S = 0.5
@@ -88,7 +90,7 @@ def _load_pending(db_path: Path, ids: Sequence[str]) -> list[tuple[Any, ...]]:
         known = {r[0] for r in rows}
         unknown = [i for i in ids if i not in known]
         raise ValueError(f"{len(unknown)} request id(s) are not in the `requests` table of {db_path}, "
-                         f"e.g. {unknown[:3]}: plan them first (tasks.plan.plan_requests)")
+                         f"e.g. {unknown[:3]}: plan them first (tasks.prompting.plan.plan_requests)")
     order = {rid: i for i, rid in enumerate(ids)}
     # JSON columns arrive as text
     return [(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6])
@@ -108,10 +110,10 @@ class _Engine:
         self.budget = Budget(config.max_cost_usd)
         self.avg_completion = float(config.max_tokens)  # pessimistic until answers arrive
         self.answers = 0
-        self._window: float | None = None  # the wake-up window in force (tasks/wakeups.py); None: not set yet
+        self._window: float | None = None  # the wake-up window in force (tasks/llm/wakeups.py); None: not set yet
         self.journal = Journal(db_path)
         self.client = llm_client.make_client(base_url=config.base_url, api_key=self.api_key, timeout=config.timeout)
-        self.sender = http_chat.make_sender(self.client, config.transport, config.timeout)
+        self.sender = transport.make_sender(self.client, config.transport, config.timeout)
         self.retrying = AsyncRetrying(
             stop=stop_after_attempt(config.max_attempts),
             wait=wait_random_exponential(multiplier=config.backoff_base_s, max=config.backoff_max_s),
@@ -309,7 +311,7 @@ async def run_requests(
 def run_requests_sync(request_ids: Sequence[str], **kwargs: Any) -> GenerateStats:
     """`run_requests` for callers without an event loop (CLI, Prefect tasks in worker threads).
 
-    It runs on a loop that batches its wake-ups (`tasks/wakeups.py`), which roughly halves the
+    It runs on a loop that batches its wake-ups (`tasks/llm/wakeups.py`), which roughly halves the
     client's CPU per request at a provider's pace.
     """
     return wakeups.run(run_requests(request_ids, **kwargs))
@@ -323,7 +325,7 @@ def generate(
     on_progress: ProgressCallback | None = None,
 ) -> GenerateStats:
     """Plan the missing requests for `config.types` / `config.limit` images, then send them."""
-    from tasks.plan import plan_requests
+    from tasks.prompting.plan import plan_requests
 
     config = with_settings(config)
     if config.api_key is None and config.base_url is None:
@@ -334,7 +336,7 @@ def generate(
         limit_images=config.limit, temperature=config.temperature, max_tokens=config.max_tokens,
     )
     if config.mode == "batch":
-        from tasks.batch import run_batch
+        from tasks.llm.batch import run_batch
 
         return run_batch(db, plan.request_ids, config, on_progress=on_progress)
     return run_requests_sync(plan.request_ids, db_path=db, config=config, limiter=limiter, on_progress=on_progress)

@@ -16,8 +16,8 @@ from typing import Any
 from schemas.samples import sample_type
 from schemas.tables import RequestRow
 from tasks import store
-from tasks.formats import check_format, json_schema
-from tasks.journal import DB_LOCK
+from tasks.prompting.formats import check_format, json_schema
+from tasks.store.journal import DB_LOCK
 
 IMAGE_CHUNK = 2000
 
@@ -63,7 +63,7 @@ def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
 
 
 def _count(messages: list[dict[str, Any]], model: str) -> int:
-    from tasks.tokens import count_message_tokens
+    from tasks.prompting.tokens import count_message_tokens
 
     return count_message_tokens(messages, model)
 
@@ -86,7 +86,7 @@ def plan_requests(
     `limit_images` takes the first N images by id (or of `image_ids`). `dry_run` computes the
     same result without writing (for `vistune estimate`).
     """
-    from tasks.prompts import build_messages, load_contexts
+    from tasks.prompting.prompts import build_messages, load_contexts
 
     check_format(output_format)
     types = [sample_type(t).name for t in sample_types]

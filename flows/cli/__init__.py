@@ -19,13 +19,13 @@ app.add_typer(prompts_app, name="prompts")
 
 # Modules that add commands to `app`; imported lazily so `import flows.cli` stays cheap.
 COMMAND_MODULES = (
-    "flows.cli_data",
-    "flows.cli_prompts",
-    "flows.cli_download",
-    "flows.cli_generate",
-    "flows.cli_curate",
-    "flows.cli_train",
-    "flows.cli_pipeline",
+    "flows.cli.data",
+    "flows.cli.prompts",
+    "flows.cli.download",
+    "flows.cli.generate",
+    "flows.cli.curate",
+    "flows.cli.train",
+    "flows.cli.pipeline",
 )
 _registered = False
 

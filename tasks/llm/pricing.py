@@ -1,4 +1,4 @@
-"""What a call costs, from the one editable price table `tasks/prices.toml`."""
+"""What a call costs, from the one editable price table `tasks/llm/prices.toml`."""
 
 from __future__ import annotations
 

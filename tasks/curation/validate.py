@@ -2,7 +2,7 @@
 
 `validate_output` is pure (used by `vistune validate-text` and by anyone checking one response);
 `validate_pending` runs it over every response with content that has neither a sample nor a reject yet,
-so reruns add nothing. The content rules live in `tasks/rules.py`, their thresholds in
+so reruns add nothing. The content rules live in `tasks/curation/rules.py`, their thresholds in
 `schemas.curation.ContentThresholds`.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 from schemas.curation import ContentThresholds, Reject, RejectCode, ValidationResult
 from schemas.samples import SampleOutput, question_answer_pairs
 from schemas.tables import RejectRow, SampleRow
-from tasks.formats import OutputFormatError, parse
-from tasks.rules import CONTENT_RULES, REFUSAL
+from tasks.curation.rules import CONTENT_RULES, REFUSAL
+from tasks.prompting.formats import OutputFormatError, parse
 from tasks.store import insert_rows, read, stable_hash, utcnow, write
 
 # Provider finish reasons that mean the text is not the model's complete answer.

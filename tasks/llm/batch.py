@@ -19,8 +19,10 @@ import openai
 
 from schemas.generation import GenerateConfig, GenerateStats
 from schemas.tables import BatchRow, ResponseRow
-from tasks import llm_client, pricing, store
-from tasks.journal import DB_LOCK
+from tasks import store
+from tasks.llm import client as llm_client
+from tasks.llm import pricing
+from tasks.store.journal import DB_LOCK
 
 MAX_REQUESTS_PER_FILE = 50_000  # OpenAI's limits per batch input file
 MAX_BYTES_PER_FILE = 200 * 1024 * 1024

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from flows.cli import app
 from tasks import store
-from tasks.formats import OUTPUT_FORMATS
+from tasks.prompting.formats import OUTPUT_FORMATS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,7 +35,7 @@ def validate_text_command(
     finish_reason: Annotated[str | None, typer.Option(help="The response's finish_reason, if known")] = None,
 ) -> None:
     """Validate one raw LLM response: print the parsed sample as JSON (exit 0) or the reject reasons (exit 1)."""
-    from tasks.validate import validate_output
+    from tasks.curation.validate import validate_output
 
     content = typer.get_text_stream("stdin").read() if str(file) == "-" else file.read_text(encoding="utf-8")
     try:
@@ -52,7 +52,7 @@ def validate_text_command(
 
 
 def _resolve_image_root(image_root: Path | None, db: Path | None) -> Path:
-    from tasks.export import default_image_root
+    from tasks.curation.export import default_image_root
 
     if image_root is not None:
         return image_root
@@ -83,7 +83,7 @@ def export_command(
     db: DbOption = None,
 ) -> None:
     """Export the deduplicated dataset as LLaVA json (all types + one file per type), stage-1 pairs and parquet."""
-    from tasks.export import export
+    from tasks.curation.export import export
 
     _print_export(export(db, out, _resolve_image_root(image_root, db), seed=seed))
 
@@ -100,10 +100,10 @@ def curate_command(
     db: DbOption = None,
 ) -> None:
     """Validate pending responses, remove duplicates, export, and write the report (no Prefect needed)."""
-    from tasks.dedup import DedupParams, dedup
-    from tasks.export import export
-    from tasks.report import build_report
-    from tasks.validate import validate_pending
+    from tasks.curation.dedup import DedupParams, dedup
+    from tasks.curation.export import export
+    from tasks.curation.report import build_report
+    from tasks.curation.validate import validate_pending
 
     try:
         params = DedupParams(threshold=threshold, scope=scope)

@@ -2,8 +2,8 @@
 
 The client is `openai.AsyncOpenAI` against any OpenAI-compatible `base_url` (OpenAI, Azure's
 v1 endpoint, vLLM, Ollama, the test simulator) with `max_retries=0`: retries, backoff and rate
-limits are ours (`tasks/generate.py`, `tasks/ratelimit.py`) so every attempt is recorded. How
-the POST travels (lean aiohttp, or the SDK's `post`) is `tasks/http_chat.py`.
+limits are ours (`tasks/llm/engine.py`, `tasks/llm/ratelimit.py`) so every attempt is recorded. How
+the POST travels (lean aiohttp, or the SDK's `post`) is `tasks/llm/transport.py`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import openai
 
-from tasks.formats import OutputFormatError, parse
-from tasks.http_chat import ChatSender, Reply, SendFailed, SendTimeout
-from tasks.ratelimit import retry_after_s
+from tasks.llm.ratelimit import retry_after_s
+from tasks.llm.transport import ChatSender, Reply, SendFailed, SendTimeout
+from tasks.prompting.formats import OutputFormatError, parse
 
 _KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{8,}")
 MAX_ERROR_CHARS = 2000

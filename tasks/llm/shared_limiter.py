@@ -11,7 +11,7 @@ The bucket file must be on a local disk that every worker sees (SQLite locking i
 over NFS); for workers on several machines, give each machine its share of the limit
 (`rpm / n_machines`) — see docs/ORCHESTRATION.md.
 
-The class implements the generation client's limiter protocol (`tasks/ratelimit.py`):
+The class implements the generation client's limiter protocol (`tasks/llm/ratelimit.py`):
 `async acquire(requests=1, tokens=0)`, `penalize(retry_after_s)`, `observe_headers(headers)`.
 It is safe to share one instance between threads that each run their own event loop (the
 thread-pool task runner does exactly that: one loop per shard).

@@ -2,7 +2,7 @@
 
 The generation engine only talks to a `RateLimiter`: it calls `acquire` before each HTTP
 attempt, `observe_headers` after each response and `penalize` after a 429. The default
-`LocalRateLimiter` below serves one process; `tasks/shared_limiter.py` serves several worker
+`LocalRateLimiter` below serves one process; `tasks/llm/shared_limiter.py` serves several worker
 processes on one machine with the same three methods.
 
 Why aiolimiter: it is a small, maintained asyncio leaky bucket with fair FIFO waiting and

@@ -7,7 +7,13 @@ from pathlib import Path
 import typer
 
 from flows.cli import coco_app
-from tasks.download import OFFICIAL_ARCHIVES, DownloadError, DownloadResult, download_annotations, download_images
+from tasks.ingest.download import (
+    OFFICIAL_ARCHIVES,
+    DownloadError,
+    DownloadResult,
+    download_annotations,
+    download_images,
+)
 
 
 @coco_app.command("download")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import pricing, store
-from tasks.plan import PlanResult
+from tasks import store
+from tasks.llm import pricing
+from tasks.prompting.plan import PlanResult
 
 # Expected completion tokens per sample type when the database has no answers yet to learn from
 # (LLaVA-Instruct-158K averages, rounded: conversations are the longest).
@@ -20,7 +21,7 @@ class Estimate:
     requests: int
     input_tokens: int
     output_tokens: int
-    online_usd: float | None  # None: the model has no price in tasks/prices.toml
+    online_usd: float | None  # None: the model has no price in tasks/llm/prices.toml
     batch_usd: float | None
     output_source: str  # "observed" (mean of stored ok answers) or "default"
 

@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.cli import app
-from tasks import journal, store
-from tasks.coco import IngestError, ingest
+from tasks import store
+from tasks.ingest.coco import IngestError, ingest
+from tasks.store import journal
 
 console = Console()
 err_console = Console(stderr=True)

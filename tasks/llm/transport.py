@@ -12,7 +12,7 @@ differ only in what runs per call:
   request handling (custom `http_client`, SDK-level hooks).
 
 Either returns a `Reply` for every HTTP status and raises only `SendTimeout` / `SendFailed`, so
-`tasks/llm_client.py` classifies one shape whatever travelled.
+`tasks/llm/client.py` classifies one shape whatever travelled.
 """
 
 from __future__ import annotations

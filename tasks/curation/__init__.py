@@ -1,0 +1,1 @@
+"""From responses to a dataset: validate, content rules, dedup, export, report."""

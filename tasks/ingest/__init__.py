@@ -1,0 +1,1 @@
+"""COCO in: download the annotation files, read them into the store."""
