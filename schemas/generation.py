@@ -6,7 +6,7 @@ A request is *done* when it has an `ok` row; otherwise its latest row says why i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -26,6 +26,17 @@ RESPONSE_STATUSES: dict[str, tuple[str, bool]] = {
     "budget_exceeded": ("not sent: --max-cost-usd was reached before this attempt", False),
 }
 RETRYABLE_STATUSES = frozenset(s for s, (_, retry) in RESPONSE_STATUSES.items() if retry)
+
+
+class LlmRequest(NamedTuple):
+    """One LLM call as the engine sees it: no sample types, only a `kind` that names its parser."""
+
+    request_id: str
+    kind: str
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]  # API params; keys the API must not see are dropped by the client
+    est_input_tokens: int
 
 
 class GenerateConfig(BaseModel):

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
         default=Path("data/vistune.duckdb"), validation_alias=AliasChoices("VISTUNE_DB", "db_path")
     )
     model: str = Field(default="gpt-4o", validation_alias=AliasChoices("VISTUNE_MODEL", "model"))
+    # A rejected answer is asked for again (with another seed) at most this many times.
+    max_regenerations: int = Field(
+        default=2, ge=0, validation_alias=AliasChoices("VISTUNE_MAX_REGENERATIONS", "max_regenerations")
+    )
     prefect_secret_block: str = Field(
         default="openai-api-key",
         validation_alias=AliasChoices("VISTUNE_SECRET_BLOCK", "prefect_secret_block"),

@@ -97,6 +97,8 @@ class RequestRow(TableRow):
     prompt_version: str
     model: str
     output_format: str  # structured | llava-text
+    kind: str | None = None  # the parser that checks the answer (tasks/llm/parsers.py), e.g. "conversation/structured"
+    regeneration: int = 0  # 0: first request of its (image, type, prompt_version, model); n: after n rejected answers
     messages: list[dict[str, Any]]
     params: dict[str, Any]
     est_input_tokens: int

@@ -2,7 +2,10 @@
 
 A request's id hashes the model, the messages and the API params, so planning is idempotent:
 re-planning the same images writes nothing new, a prompt edit (new `prompt_version`) or another
-model plans again, and a request that already has an `ok` response is never planned again.
+model plans again. What counts as done is defined once, in `tasks/store/queries.py`: a slot with an
+accepted sample or an answer awaiting validation is done; a slot whose answers were rejected is
+planned again as a *regeneration* (the same messages with `seed` = the number of rejects, so a new
+request and a new answer) until `max_regenerations` regenerations were rejected too.
 Images are processed in chunks so memory stays flat however many images there are.
 """
 
@@ -14,10 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from schemas.samples import sample_type
+from schemas.settings import get_settings
 from schemas.tables import RequestRow
 from tasks import store
 from tasks.prompting.formats import check_format, json_schema
-from tasks.store.journal import DB_LOCK
+from tasks.store.queries import slot_states
+
+
+def sample_kind(type_name: str, output_format: str) -> str:  # TODO(lead): use formats.sample_kind
+    return f"{type_name}/{output_format}"
 
 IMAGE_CHUNK = 2000
 
@@ -29,7 +37,9 @@ class PlanResult:
     request_ids: list[str] = field(default_factory=list)  # pending: planned now or earlier, no ok response yet
     images: int = 0
     planned_new: int = 0  # rows inserted by this call
-    already_ok: int = 0  # (image, type, prompt_version, model) that already have a good sample
+    already_ok: int = 0  # (image, type, prompt_version, model) with an accepted sample or an answer to validate
+    regenerations: int = 0  # pending requests that regenerate a rejected answer
+    given_up: int = 0  # slots whose answers were rejected more than max_regenerations times
     est_input_tokens: int = 0  # of the pending requests
     max_output_tokens: int = 0  # of the pending requests (max_tokens each)
     by_type: dict[str, int] = field(default_factory=dict)  # pending requests per sample type
@@ -80,41 +90,38 @@ def plan_requests(
     max_tokens: int = 2048,
     run_id: str | None = None,
     dry_run: bool = False,
+    max_regenerations: int | None = None,
 ) -> PlanResult:
     """Create the missing `requests` rows and return every pending request id (in image order).
 
     `limit_images` takes the first N images by id (or of `image_ids`). `dry_run` computes the
-    same result without writing (for `vistune estimate`).
+    same result without writing (for `vistune estimate`). `max_regenerations` (default: the
+    `max_regenerations` setting) bounds how often a rejected answer is asked for again.
     """
     from tasks.prompting.prompts import build_messages, load_contexts
 
     check_format(output_format)
+    max_regen = get_settings().max_regenerations if max_regenerations is None else max_regenerations
+    if max_regen < 0:
+        raise ValueError(f"max_regenerations must be >= 0, got {max_regen}")
     types = [sample_type(t).name for t in sample_types]
     db = store.resolve_db(db_path)
     if not dry_run:
         store.ensure_schema(db)
-    with DB_LOCK, store.read(db) as con:
+    with store.read(db) as con:
         ids = [r[0] for r in con.execute("SELECT image_id FROM images ORDER BY image_id").fetchall()]
         if image_ids is not None:
             wanted = set(map(int, image_ids))
             ids = [i for i in ids if i in wanted]
         if limit_images is not None:
             ids = ids[:limit_images]
-        # (image, type, prompt_version) already holding a good response for this model
-        good = {
-            (r[0], r[1], r[2])
-            for r in con.execute(
-                "SELECT DISTINCT q.image_id, q.sample_type, q.prompt_version FROM requests q "
-                "JOIN responses r ON r.request_id = q.request_id AND r.status = 'ok' WHERE q.model = ?",
-                [model],
-            ).fetchall()
-        }
+        states = slot_states(con, model)
     result = PlanResult(images=len(ids))
     params = {t: request_params(t, output_format, temperature=temperature, max_tokens=max_tokens) for t in types}
     now = store.utcnow()
     prefix_tokens: dict[tuple[str, str], int] = {}  # every request of a type shares the prompt prefix
     for chunk in _chunks(ids, IMAGE_CHUNK):
-        with DB_LOCK, store.read(db) as con:
+        with store.read(db) as con:
             contexts = load_contexts(con, list(chunk))
         rows: list[RequestRow] = []
         for image_id in chunk:
@@ -123,25 +130,34 @@ def plan_requests(
                 continue
             for t in types:
                 messages, version = build_messages(ctx, t, output_format)
-                if (image_id, t, version) in good:
-                    result.already_ok += 1
+                state = states.get((image_id, t, version))
+                if state is not None and state.done(max_regen):
+                    if state.accepted or state.awaiting_validation:
+                        result.already_ok += 1
+                    else:
+                        result.given_up += 1
                     continue
+                regeneration = state.rejected if state is not None else 0
+                # A regeneration varies the seed: a new request id, and a new answer from the provider.
+                call_params = {**params[t], "seed": regeneration} if regeneration else params[t]
                 if (t, version) not in prefix_tokens:
                     prefix_tokens[(t, version)] = _count(messages[:-1], model)
                 # prefix + the image's message; the -3 drops the reply priming counted twice
                 tokens = prefix_tokens[(t, version)] + _count(messages[-1:], model) - 3
                 rows.append(RequestRow(
-                    request_id=store.stable_hash(model, messages, params[t]),
+                    request_id=store.stable_hash(model, messages, call_params),
                     image_id=image_id, sample_type=t, prompt_version=version, model=model,
-                    output_format=output_format, messages=messages, params=params[t],
-                    est_input_tokens=tokens, created_at=now, run_id=run_id,
+                    output_format=output_format, kind=sample_kind(t, output_format), regeneration=regeneration,
+                    messages=messages, params=call_params, est_input_tokens=tokens, created_at=now,
+                    run_id=run_id,
                 ))
         if rows and not dry_run:
-            with DB_LOCK, store.write(db) as con:
+            with store.write(db) as con:
                 result.planned_new += store.insert_rows(con, RequestRow, rows, on_conflict="ignore")
         for row in rows:
             result.request_ids.append(row.request_id)
             result.est_input_tokens += row.est_input_tokens
             result.max_output_tokens += max_tokens
             result.by_type[row.sample_type] = result.by_type.get(row.sample_type, 0) + 1
+            result.regenerations += row.regeneration > 0
     return result

@@ -27,13 +27,23 @@ import pyarrow as pa
 
 from schemas.settings import get_settings
 from schemas.tables import ALL_TABLES, TableRow
+from tasks.store.queries import SLOT_STATUS_VIEW
 
 # Bump when a migration below is added; `schema_version` records what a file has seen.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Non-additive changes go here as (version, sql). Additive column changes need no entry:
 # `migrate` adds any column a row model has and the table lacks.
-MIGRATIONS: list[tuple[int, str]] = []
+MIGRATIONS: list[tuple[int, str]] = [
+    # requests name the parser of their answer (tasks/llm/parsers.py); sample requests planned before had none
+    (2, "UPDATE requests SET kind = sample_type || '/' || output_format WHERE kind IS NULL"),
+]
+
+# One lock for this process's DuckDB connections, taken by `read()` and `write()` themselves: two
+# connections to one file in one process must not overlap with different configurations, and
+# journal flushes must not interleave with other writes. Re-entrant, so a helper that reads
+# inside a caller's transaction does not deadlock its own thread.
+DB_LOCK = threading.RLock()
 
 DATASET_VIEW = """
 CREATE OR REPLACE VIEW dataset AS
@@ -46,8 +56,7 @@ WHERE NOT EXISTS (SELECT 1 FROM duplicates d WHERE d.sample_id = s.sample_id)
 STORAGE_COMPATIBILITY = "v1.5.0"
 
 _LOCK_MARKERS = ("could not set lock", "conflicting lock", "database is locked", "lock on file")
-_migrated: set[str] = set()
-_migrate_guard = threading.Lock()
+_migrated: set[str] = set()  # files this process has brought to SCHEMA_VERSION
 
 
 def utcnow() -> datetime:
@@ -116,6 +125,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if version > current:
             con.execute(sql)
     con.execute(DATASET_VIEW)
+    con.execute(SLOT_STATUS_VIEW)
     if current < SCHEMA_VERSION:
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, utcnow()])
 
@@ -151,32 +161,56 @@ def connect(
 def write(path: str | Path | None = None, *, timeout_s: float = 300.0) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short write transaction: committed on success, rolled back on error, connection closed."""
     db = resolve_db(path)
-    con = connect(db, timeout_s=timeout_s)
-    try:
-        key = str(db.resolve())
-        if key not in _migrated:
-            with _migrate_guard:
+    with DB_LOCK:
+        con = connect(db, timeout_s=timeout_s)
+        try:
+            key = str(db.resolve())
+            if key not in _migrated:
                 migrate(con)
                 _migrated.add(key)
-        con.execute("BEGIN")
-        try:
-            yield con
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    finally:
-        con.close()
+            con.execute("BEGIN")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
 
 
 @contextmanager
 def read(path: str | Path | None = None, *, timeout_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection that never blocks a writer for longer than the caller's queries."""
-    con = connect(path, read_only=True, timeout_s=timeout_s)
+    """A read-only connection that never blocks a writer for longer than the caller's queries.
+
+    A file written by an older vistune is migrated once first (only the store creates or changes
+    tables); a current one is only read.
+    """
+    db = resolve_db(path)
+    with DB_LOCK:
+        con = connect(db, read_only=True, timeout_s=timeout_s)
+        try:
+            key = str(db.resolve())
+            if key not in _migrated:
+                if not _is_current(con):
+                    con.close()
+                    ensure_schema(db)
+                    con = connect(db, read_only=True, timeout_s=timeout_s)
+                _migrated.add(key)
+            yield con
+        finally:
+            con.close()
+
+
+def _is_current(con: duckdb.DuckDBPyConnection) -> bool:
+    # Every table and column of the row models exists and no migration is due.
     try:
-        yield con
-    finally:
-        con.close()
+        version = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+    except duckdb.CatalogException:
+        return False
+    existing = set(con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall())
+    return version >= SCHEMA_VERSION and all(
+        (model.table, name) in existing for model in ALL_TABLES for name in columns(model))
 
 
 def ensure_schema(path: str | Path | None = None) -> Path:
