@@ -1,7 +1,10 @@
 """What the LLM must return for each sample type, and the registry that names the types.
 
-A sample type is data: its output model here, its prompt files under `tasks/prompting/templates/<name>/`,
-and its export rule in `tasks/curation/export.py` are all looked up by `SampleType.name`.
+A sample type is data: its output model and every per-type fact (which context it sees, its
+instruction list for export, its expected answer size, its word limits) live on `SampleType` here;
+its prompt files under `tasks/prompting/templates/<name>/` and its parsers (registered by
+`tasks/prompting/formats.py`) are looked up by `SampleType.name`. Modules read these fields by
+name instead of branching on `if type == ...`.
 """
 
 from __future__ import annotations
@@ -47,20 +50,39 @@ SampleOutput = ConversationOutput | DetailDescriptionOutput | ComplexReasoningOu
 
 @dataclass(frozen=True)
 class SampleType:
-    """One kind of instruction sample."""
+    """One kind of instruction sample and every fact about it that other modules need."""
 
     name: str
     output_model: type[_Strict]
     sees_boxes: bool  # the paper shows conversation captions only; the others captions + boxes
     paper_count: int  # size of this type in LLaVA-Instruct-158K, for the report's mix
+    # Expected completion tokens when the database has no answers yet to learn from
+    # (LLaVA-Instruct-158K averages, rounded: conversations are the longest); tasks/llm/estimate.py.
+    default_output_tokens: int
+    # Default word limits of one answer (or the description); schemas.curation.ContentThresholds.
+    min_answer_words: int
+    max_answer_words: int
+    # Several (question, answer) rounds per sample (a conversation) rather than exactly one.
+    multi_round: bool = False
+    # The sample has no question of its own: export draws one from tasks/curation/instructions/<this>.txt.
+    instructions: str | None = None
+
+    @property
+    def has_questions(self) -> bool:
+        """False for a type whose sample is one text without a question (export adds an instruction)."""
+        return self.instructions is None
 
 
 SAMPLE_TYPES: dict[str, SampleType] = {
     t.name: t
     for t in (
-        SampleType("conversation", ConversationOutput, sees_boxes=False, paper_count=58_000),
-        SampleType("detail_description", DetailDescriptionOutput, sees_boxes=True, paper_count=23_000),
-        SampleType("complex_reasoning", ComplexReasoningOutput, sees_boxes=True, paper_count=77_000),
+        SampleType("conversation", ConversationOutput, sees_boxes=False, paper_count=58_000,
+                   default_output_tokens=450, min_answer_words=2, max_answer_words=300, multi_round=True),
+        SampleType("detail_description", DetailDescriptionOutput, sees_boxes=True, paper_count=23_000,
+                   default_output_tokens=200, min_answer_words=25, max_answer_words=450,
+                   instructions="detail_description"),
+        SampleType("complex_reasoning", ComplexReasoningOutput, sees_boxes=True, paper_count=77_000,
+                   default_output_tokens=300, min_answer_words=15, max_answer_words=450),
     )
 }
 
@@ -80,3 +102,20 @@ def question_answer_pairs(output: SampleOutput) -> list[tuple[str | None, str]]:
     if isinstance(output, ComplexReasoningOutput):
         return [(output.question, output.answer)]
     return [(None, output.description)]
+
+
+def output_from_pairs(type_name: str, pairs: list[tuple[str | None, str]]) -> SampleOutput:
+    """The inverse of `question_answer_pairs`: a type's output model built from its turns.
+
+    Raises `ValueError` (pydantic's `ValidationError` included) when the turns do not fit the type.
+    """
+    st = sample_type(type_name)
+    if not st.multi_round and len(pairs) != 1:
+        raise ValueError(f"expected one {'question and answer' if st.has_questions else 'text'}, found {len(pairs)}")
+    if any((q is None) == st.has_questions for q, _ in pairs):
+        raise ValueError(f"every {st.name} turn {'needs a' if st.has_questions else 'has no'} question")
+    if st.output_model is ConversationOutput:
+        return ConversationOutput.model_validate({"rounds": [{"question": q, "answer": a} for q, a in pairs]})
+    if st.output_model is ComplexReasoningOutput:
+        return ComplexReasoningOutput.model_validate({"question": pairs[0][0], "answer": pairs[0][1]})
+    return DetailDescriptionOutput.model_validate({"description": pairs[0][1]})

@@ -1,7 +1,9 @@
 """Prompts: context rendering, box formatting, templates, message order, goldens, token counts, CLI.
 
 Golden files live in `tests/golden/`. After an intended prompt change, regenerate them with
-`VISTUNE_UPDATE_GOLDEN=1 pytest tests/test_prompts.py` and review the diff before committing.
+`VISTUNE_UPDATE_GOLDEN=1 pytest tests/test_prompts.py` and review the diff before committing. A prompt
+golden whose messages changed while its `prompt_version` did not is a rendering change without a
+`RENDER_VERSION` bump: that fails even with `VISTUNE_UPDATE_GOLDEN=1`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from flows.cli import get_app
 from schemas.samples import SAMPLE_TYPES
 from tasks import store
 from tasks.ingest.coco import ingest
+from tasks.llm import parsers
 from tasks.prompting import prompts, tokens
-from tasks.prompting.formats import OUTPUT_FORMATS, parse, render
+from tasks.prompting.formats import OUTPUT_FORMATS, OutputFormatError, parse, render, sample_kind
 from tasks.prompting.prompts import (
     ImageContext,
     ObjectBox,
@@ -40,9 +43,9 @@ COCO_MINI_FIRST_TRAIN = 493652  # first image of coco-mini's instances_train2017
 COCO_MINI_TWO_CROWDS = 174375  # the train2017 image with two crowd boxes
 
 
-def assert_golden(name: str, text: str) -> None:
+def assert_golden(name: str, text: str, folder: Path = GOLDEN) -> None:
     """Compare with `tests/golden/<name>`; `VISTUNE_UPDATE_GOLDEN=1` rewrites the file instead."""
-    path = GOLDEN / name
+    path = folder / name
     if os.environ.get("VISTUNE_UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -62,6 +65,28 @@ def messages_as_text(messages: list[dict[str, str]], version: str) -> str:
     for i, message in enumerate(messages, 1):
         parts.append(f"\n===== [{i}/{len(messages)}] {message['role']} =====\n{message['content']}\n")
     return "".join(parts)
+
+
+def assert_prompt_golden(name: str, messages: list[dict[str, str]], version: str, folder: Path = GOLDEN) -> None:
+    """`assert_golden` for a prompt, which also fails when the messages changed but `prompt_version` did not.
+
+    The version hashes the prompt files and `RENDER_VERSION`; same version with other messages means the
+    rendering code changed without a bump, and requests already planned would not be re-planned.
+    """
+    path = folder / name
+    text = messages_as_text(messages, version)
+    if path.exists():
+        expected = path.read_text(encoding="utf-8")
+        recorded_version = expected.partition("\n")[0].removeprefix("prompt_version: ")
+        if recorded_version == version and text != expected:
+            diff = "".join(difflib.unified_diff(
+                expected.splitlines(keepends=True), text.splitlines(keepends=True), str(path), "actual", n=2))
+            pytest.fail(
+                f"the messages rendered for {name} changed but prompt_version {version} did not: the rendering code "
+                f"changed. Bump RENDER_VERSION (now {prompts.RENDER_VERSION}) in tasks/prompting/prompts.py so the "
+                "new prompts get a new prompt_version, then rewrite the goldens with VISTUNE_UPDATE_GOLDEN=1 pytest "
+                f"tests/test_prompts.py, review the diff and commit tests/golden/.\n{diff}")
+    assert_golden(name, text, folder)
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +255,29 @@ def test_assistant_examples_are_in_the_requested_format(type_name: str, output_f
         assert content.lstrip().startswith("{") == (output_format == "structured")
 
 
+def test_every_sample_kind_has_a_registered_parser() -> None:
+    expected = {f"{t}/{f}" for t in SAMPLE_TYPES for f in OUTPUT_FORMATS}
+    assert {sample_kind(t, f) for t in SAMPLE_TYPES for f in OUTPUT_FORMATS} == expected
+    assert expected <= set(parsers.kinds())
+    with pytest.raises(ValueError, match="unknown output format 'xml'"):
+        sample_kind("conversation", "xml")
+
+
+@pytest.mark.parametrize("type_name", list(SAMPLE_TYPES))
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_registered_parser_reads_the_few_shot_answers_and_rejects_bad_ones(type_name: str, output_format: str) -> None:
+    parser = parsers.parser_for(sample_kind(type_name, output_format))
+    for example in load_template(type_name).examples:
+        assert parser(render(example.output, output_format)) == example.output
+    assert issubclass(OutputFormatError, parsers.OutputError)
+    # empty, and (except for a plain-text description, which any text is) a shape the type does not have
+    bad = [None, "  "] + ([] if (type_name, output_format) == ("detail_description", "llava-text")
+                          else ['{"text": "no"}' if output_format == "structured" else "Answer:\nno question"])
+    for content in bad:
+        with pytest.raises(parsers.OutputError):
+            parser(content)
+
+
 @pytest.mark.parametrize("type_name", list(SAMPLE_TYPES))
 @pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
 def test_shared_prefix_is_long_enough_for_provider_prompt_caching(type_name: str, output_format: str) -> None:
@@ -340,7 +388,34 @@ def test_unknown_type_and_format_are_rejected() -> None:
 @pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
 def test_golden_prompt_of_a_sample_image(sample_context: ImageContext, type_name: str, output_format: str) -> None:
     messages, version = build_messages(sample_context, type_name, output_format)
-    assert_golden(f"prompt_{SAMPLE_CROWD_IMAGE}_{type_name}_{output_format}.txt", messages_as_text(messages, version))
+    assert_prompt_golden(f"prompt_{SAMPLE_CROWD_IMAGE}_{type_name}_{output_format}.txt", messages, version)
+
+
+def test_render_change_without_a_render_version_bump_fails_the_golden(
+    sample_context: ImageContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clear_prompt_caches: None
+) -> None:
+    name = f"prompt_{SAMPLE_CROWD_IMAGE}_detail_description_llava-text.txt"
+    shutil.copy(GOLDEN / name, tmp_path / name)  # a copy: update mode below must never touch the real goldens
+    assert_prompt_golden(name, *build_messages(sample_context, "detail_description", "llava-text"), tmp_path)
+    # a rendering change (crowd marker) with the same prompt files and RENDER_VERSION: same version, other text
+    monkeypatch.setattr(prompts, "CROWD_MARK", " [crowd]")
+    prompts._static_messages.cache_clear()
+    messages, version = build_messages(sample_context, "detail_description", "llava-text")
+    monkeypatch.setenv("VISTUNE_UPDATE_GOLDEN", "1")  # updating must not hide it
+    with pytest.raises(pytest.fail.Exception, match=r"changed but prompt_version \w+ did not.*Bump RENDER_VERSION"):
+        assert_prompt_golden(name, messages, version, tmp_path)
+    assert (tmp_path / name).read_text(encoding="utf-8") == (GOLDEN / name).read_text(encoding="utf-8")
+    # bumping RENDER_VERSION gives every type a new prompt_version; the golden then needs a plain update
+    old_versions = prompts.prompt_versions()
+    monkeypatch.setattr(prompts, "RENDER_VERSION", prompts.RENDER_VERSION + 1)
+    load_template.cache_clear()
+    prompts._static_messages.cache_clear()
+    new_versions = prompts.prompt_versions()
+    assert all(new_versions[t] != old_versions[t] for t in SAMPLE_TYPES)
+    messages, version = build_messages(sample_context, "detail_description", "llava-text")
+    monkeypatch.delenv("VISTUNE_UPDATE_GOLDEN")
+    with pytest.raises(pytest.fail.Exception, match="if intended: VISTUNE_UPDATE_GOLDEN=1"):
+        assert_prompt_golden(name, messages, version, tmp_path)
 
 
 @pytest.mark.coco_mini

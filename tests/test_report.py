@@ -7,7 +7,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from flows.cli import get_app
-from schemas.samples import ConversationOutput, QuestionAnswer
+from schemas.samples import SAMPLE_TYPES, ConversationOutput, QuestionAnswer
+from tasks import store
 from tasks.curation.dedup import dedup
 from tasks.curation.report import build_report
 from tasks.curation.validate import validate_pending
@@ -62,8 +63,10 @@ def test_report_tables_markdown_and_plots(db_path: Path, tmp_path: Path) -> None
 
 
 def test_report_on_an_empty_database(db_path: Path, tmp_path: Path) -> None:
+    store.ensure_schema(db_path)  # reports only read: the database exists, with no rows
     report = build_report(db_path, tmp_path / "out")
     assert report.tables["funnel"][0]["dataset"] == 0
+    assert [r["sample_type"] for r in report.tables["type_mix"]] == list(SAMPLE_TYPES)
     assert len(report.plots) == 2
 
 

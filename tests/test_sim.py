@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from tasks.prompting import prompts
 from tasks.prompting.formats import OutputFormatError, json_schema, parse
 from tests.sim import FAULT_NAMES, SimConfig, answered, answered_twice, start_simulator, start_simulator_process
 from tests.sim.__main__ import parse_args
@@ -108,7 +109,6 @@ def test_llava_text_parses_when_the_type_comes_from_metadata(client, type_name):
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("output_format", ["structured", "llava-text"])
 def test_the_project_prompts_are_recognised_and_answered_in_their_format(client, type_name, output_format):
-    prompts = pytest.importorskip("tasks.prompting.prompts")
     ctx = prompts.ImageContext(
         image_id=1,
         width=640,

@@ -277,8 +277,6 @@ def dedup(
     params = params or DedupParams(threshold=threshold, scope=scope)
     bands, rows = params.banding()
     stats = DedupStats(scope=params.scope, threshold=params.threshold, bands=bands, rows=rows)
-    with write(db_path):  # create / migrate so the snapshot below finds the tables
-        pass
     with read(db_path) as con:
         samples = con.sql(
             "SELECT sample_id, image_id, sample_type, text, created_at FROM samples"

@@ -13,9 +13,9 @@ Files written to `out_dir` (names in `export_files()`):
 
 A sample type's export rule is data: its (question, answer) turns come from
 `schemas.samples.question_answer_pairs`, and a turn without a question (a detail description) gets an
-instruction drawn from `tasks/curation/instructions/<type>.txt`. Every random choice (instruction, caption,
-`<image>` before or after the first question) is drawn from a generator seeded by (seed, record id),
-so the same database and seed give byte-identical files.
+instruction drawn from `tasks/curation/instructions/<SampleType.instructions>.txt`. Every random choice
+(instruction, caption, `<image>` before or after the first question) is drawn from a generator seeded by
+(seed, record id), so the same database and seed give byte-identical files.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from schemas.llava import IMAGE_PLACEHOLDER, LlavaRecord, LlavaTurn
 from schemas.samples import SAMPLE_TYPES, question_answer_pairs, sample_type
-from tasks.store import read, write
+from tasks.store import read
 
 INSTRUCTIONS_DIR = Path(__file__).parent / "instructions"
 INSTRUCT_FILE = "llava_instruct"
@@ -72,13 +72,21 @@ def image_path(split: str, file_name: str) -> str:
     return f"{split}/{file_name}"
 
 
+def _instruction_list(type_name: str) -> str:
+    name = sample_type(type_name).instructions
+    if name is None:
+        raise ValueError(f"sample type {type_name!r} has a turn without a question but no instruction list: "
+                         "set SampleType.instructions in schemas/samples.py")
+    return name
+
+
 def instruct_record(sample_id: str, type_name: str, data: dict[str, Any], image: str, seed: int) -> LlavaRecord:
     """One dataset sample as a LLaVA record."""
     output = sample_type(type_name).output_model.model_validate(data)
     rng = _rng(seed, sample_id)
     turns: list[LlavaTurn] = []
     for index, (question, answer) in enumerate(question_answer_pairs(output)):
-        human = question if question is not None else rng.choice(instructions(type_name))
+        human = question if question is not None else rng.choice(instructions(_instruction_list(type_name)))
         if index == 0:
             human = _with_image(human, rng)
         turns += [LlavaTurn(speaker="human", value=human), LlavaTurn(speaker="gpt", value=answer)]
@@ -149,8 +157,6 @@ def export(
     """Write the LLaVA json / Parquet files for the `dataset` view and the stage-1 caption pairs."""
     out, root = Path(out_dir), Path(image_root)
     out.mkdir(parents=True, exist_ok=True)
-    with write(db_path):  # create / migrate so an empty database exports empty files
-        pass
     with read(db_path) as con:
         samples = con.execute("""
             SELECT d.sample_id, d.sample_type, d.data, i.split, i.file_name

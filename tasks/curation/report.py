@@ -15,7 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from schemas.samples import SAMPLE_TYPES, question_answer_pairs, sample_type
-from tasks.store import read, write
+from tasks.store import read
 
 REPORT_FILE = "report.md"
 
@@ -69,7 +69,7 @@ def _answer_lengths(samples: list[tuple[str, str]]) -> tuple[dict[str, list[int]
         output = sample_type(type_name).output_model.model_validate(json.loads(data))
         pairs = question_answer_pairs(output)
         lengths.setdefault(type_name, []).extend(len(answer.split()) for _, answer in pairs)
-        if type_name == "conversation":
+        if sample_type(type_name).multi_round:
             rounds[len(pairs)] = rounds.get(len(pairs), 0) + 1
     return lengths, rounds
 
@@ -106,8 +106,6 @@ def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
     """Counts per type vs LLaVA's mix, rounds, answer lengths, rejects, cost and dedup, written to out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with write(db_path):  # create / migrate so an empty database reports zeros
-        pass
     with read(db_path) as con:
         counts = dict(con.execute("SELECT sample_type, count(*) FROM dataset GROUP BY 1").fetchall())
         samples = con.execute("SELECT sample_type, data FROM dataset ORDER BY sample_id").fetchall()
@@ -151,11 +149,12 @@ def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
               "answer_lengths": length_rows, "reject_reasons": rejects, "cost": cost, "dedup": dedup}
     plots = [_plot_mix(mix, out / "type_mix.png"), _plot_lengths(lengths, out / "answer_lengths.png")]
     total_cost = sum(r["cost_usd"] or 0 for r in cost)
+    paper_mix = " / ".join(f"{t.paper_count // 1000}K" for t in SAMPLE_TYPES.values())
     sections = [
         "# Dataset report\n",
         f"{funnel[0]['dataset']:,} samples in the dataset; total LLM cost ${total_cost:,.4f}.\n",
         "## Funnel\n", _markdown_table(funnel),
-        "## Sample types vs LLaVA-Instruct-158K (58K / 23K / 77K)\n", _markdown_table(mix),
+        f"## Sample types vs LLaVA-Instruct-158K ({paper_mix})\n", _markdown_table(mix),
         "![type mix](type_mix.png)\n",
         "## Rounds per conversation\n", _markdown_table(round_rows),
         "## Answer lengths\n", _markdown_table(length_rows), "![answer lengths](answer_lengths.png)\n",

@@ -5,24 +5,24 @@
   `Question:\\n…\\n===\\nAnswer:\\n…` separated by `===`; a detail description is plain text.
 
 Few-shot examples are stored as JSON objects and rendered with `render`, so a prompt's
-examples always show the same format the model is asked to answer in.
+examples always show the same format the model is asked to answer in. `render` is part of what the
+model reads: a change to its output must bump `tasks.prompting.prompts.RENDER_VERSION`.
+
+Importing this module registers one parser per sample type and format with the LLM engine
+(`tasks/llm/parsers.py`), under the request kind `sample_kind(type, format)`, e.g. "conversation/structured".
 """
 
 from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.samples import (
-    ComplexReasoningOutput,
-    ConversationOutput,
-    DetailDescriptionOutput,
-    SampleOutput,
-    sample_type,
-)
+from schemas.samples import SAMPLE_TYPES, SampleOutput, output_from_pairs, question_answer_pairs, sample_type
+from tasks.llm import parsers
 
 OUTPUT_FORMATS = ("structured", "llava-text")
 _SEPARATOR = "==="
@@ -30,8 +30,8 @@ _QUESTION = re.compile(r"^\s*(?:Question|Q)\s*:\s*", re.IGNORECASE)
 _ANSWER = re.compile(r"^\s*(?:Answer|A)\s*:\s*", re.IGNORECASE)
 
 
-class OutputFormatError(ValueError):
-    """The LLM's text could not be read as the requested sample type and format."""
+class OutputFormatError(parsers.OutputError):
+    """The LLM's text could not be read as the requested sample type and format (the engine retries it)."""
 
 
 def check_format(output_format: str) -> str:
@@ -39,6 +39,11 @@ def check_format(output_format: str) -> str:
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {output_format!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
     return output_format
+
+
+def sample_kind(type_name: str, output_format: str) -> str:
+    """The request kind (parser name in `tasks.llm.parsers`) of a sample request, e.g. "conversation/structured"."""
+    return f"{sample_type(type_name).name}/{check_format(output_format)}"
 
 
 def json_schema(type_name: str) -> dict[str, Any]:
@@ -73,38 +78,30 @@ def render(output: SampleOutput, output_format: str) -> str:
     check_format(output_format)
     if output_format == "structured":
         return output.model_dump_json(indent=None)
-    if isinstance(output, DetailDescriptionOutput):
-        return output.description
-    pairs = (
-        [(r.question, r.answer) for r in output.rounds]
-        if isinstance(output, ConversationOutput)
-        else [(output.question, output.answer)]
-    )
+    pairs = question_answer_pairs(output)
+    if pairs[0][0] is None:  # a type without questions (detail description) is its plain text
+        return pairs[0][1]
     return f"\n{_SEPARATOR}\n".join(f"Question:\n{q}\n{_SEPARATOR}\nAnswer:\n{a}" for q, a in pairs)
 
 
 def parse(type_name: str, output_format: str, content: str | None) -> SampleOutput:
     """Parse an LLM answer into the sample type's output model, or raise `OutputFormatError`."""
     check_format(output_format)
-    model = sample_type(type_name).output_model
+    st = sample_type(type_name)
     if content is None or not content.strip():
         raise OutputFormatError("empty response content")
     if output_format == "structured":
         try:
-            return model.model_validate_json(_strip_code_fence(content))
+            return st.output_model.model_validate_json(_strip_code_fence(content))
         except ValidationError as exc:
             raise OutputFormatError(f"not a valid {type_name} JSON object: {_first_error(exc)}") from None
-    if model is DetailDescriptionOutput:
-        return DetailDescriptionOutput(description=content.strip())
-    pairs = _parse_question_answers(content)
+    pairs = _parse_question_answers(content) if st.has_questions else [(None, content.strip())]
     try:
-        if model is ConversationOutput:
-            return ConversationOutput.model_validate({"rounds": [{"question": q, "answer": a} for q, a in pairs]})
-        if len(pairs) != 1:
-            raise OutputFormatError(f"expected one question and answer, found {len(pairs)}")
-        return ComplexReasoningOutput(question=pairs[0][0], answer=pairs[0][1])
+        return output_from_pairs(st.name, pairs)
     except ValidationError as exc:
         raise OutputFormatError(f"not a valid {type_name}: {_first_error(exc)}") from None
+    except ValueError as exc:  # wrong number of turns for the type
+        raise OutputFormatError(str(exc)) from None
 
 
 def _parse_question_answers(content: str) -> list[tuple[str, str]]:
@@ -142,3 +139,13 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
     return f"{where}: {err.get('msg')}"
+
+
+def _register_sample_parsers() -> None:
+    # One parser per kind, so the engine checks a sample answer without knowing sample types.
+    for type_name in SAMPLE_TYPES:
+        for output_format in OUTPUT_FORMATS:
+            parsers.register(sample_kind(type_name, output_format), partial(parse, type_name, output_format))
+
+
+_register_sample_parsers()

@@ -8,8 +8,9 @@ A sample type's prompt is data in `tasks/prompting/templates/<sample_type>/`:
   exactly like a real image's, the output is the sample type's pydantic model, rendered in the
   requested format with `tasks.prompting.formats.render`.
 
-The `prompt_version` is a content hash of those files, so editing any of them makes new
-requests (and leaves old samples attributable to the prompt that made them).
+The `prompt_version` hashes those files and `RENDER_VERSION`, the version of the code that turns
+them and an image into messages, so editing a file or the rendering makes new requests (and leaves
+old samples attributable to the prompt that made them).
 
 Messages are `[system, (user example, assistant example)…, user query]`: everything but the
 last message is identical for every image of a type and format, so provider prompt caching
@@ -34,6 +35,12 @@ from schemas.samples import SampleOutput, sample_type
 from tasks.prompting.formats import OUTPUT_FORMATS, check_format, render
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "templates"
+# The version of the code that renders messages: `render_context`, `format_number`/`format_object`,
+# `PromptTemplate.system_text`, the message order in `_static_messages`/`build_messages`, and
+# `tasks.prompting.formats.render`. It is hashed into every `prompt_version`, because the prompt files
+# alone miss a rendering change. Bump it whenever the messages rendered from the same files change;
+# tests/test_prompts.py::test_golden_prompt_of_a_sample_image fails until you do (see docs/PROMPTS.md).
+RENDER_VERSION = 1
 BOX_DECIMALS = 3
 _IDS_VIEW = "_vistune_context_ids"
 CROWD_MARK = " (crowd)"  # appended to the category of an `iscrowd` region; system prompts explain it
@@ -194,7 +201,7 @@ def _example_context(raw: dict[str, Any], where: str) -> ImageContext:
 
 
 def prompt_files(sample_type_name: str) -> list[Path]:
-    """The files that make up a sample type's prompt (the ones hashed into its version)."""
+    """The files that make up a sample type's prompt (hashed into its version with `RENDER_VERSION`)."""
     folder = PROMPTS_DIR / sample_type_name
     if not folder.is_dir():
         return []
@@ -227,7 +234,7 @@ def load_template(sample_type_name: str) -> PromptTemplate:
                                   f"at {'.'.join(map(str, exc.errors()[0]['loc']))}") from None
         examples.append(PromptExample(_example_context(raw["context"], where), output))
     files = prompt_files(st.name)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"render {RENDER_VERSION}\0".encode())
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return PromptTemplate(
