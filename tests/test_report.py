@@ -51,6 +51,8 @@ def test_report_tables_markdown_and_plots(db_path: Path, tmp_path: Path) -> None
     assert reasons == {"refusal": 1, "too_short": 1}
     assert report.tables["cost"][0]["cost_usd"] == 1.0
     assert report.tables["cost"][0]["usd_per_kept_sample"] == 0.5
+    assert report.tables["cost"][0]["rejected_usd"] == 0.25  # the refused description was paid for
+    assert "of which $0.2500 on answers that were rejected" in report.markdown
     assert report.tables["dedup"] == [{"method": "exact", "scope": "image", "removed": 1, "rate": round(1 / 3, 4),
                                        "mean_similarity": 1.0}]
 

@@ -127,6 +127,9 @@ def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
             SELECT q.model, count(*) AS responses, sum(r.prompt_tokens) AS prompt_tokens,
                    sum(r.completion_tokens) AS completion_tokens, sum(r.cached_tokens) AS cached_tokens,
                    round(sum(r.cost_usd), 4) AS cost_usd,
+                   -- money paid for answers that validation rejected (they are regenerated, and paid again)
+                   round(coalesce(sum(r.cost_usd) FILTER (WHERE EXISTS (
+                       SELECT 1 FROM rejects j WHERE j.response_id = r.response_id)), 0), 4) AS rejected_usd,
                    round(sum(r.cost_usd) / greatest((SELECT count(*) FROM dataset d WHERE d.model = q.model), 1), 6)
                        AS usd_per_kept_sample
             FROM responses r JOIN requests q USING (request_id) GROUP BY q.model ORDER BY q.model
@@ -149,10 +152,12 @@ def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
               "answer_lengths": length_rows, "reject_reasons": rejects, "cost": cost, "dedup": dedup}
     plots = [_plot_mix(mix, out / "type_mix.png"), _plot_lengths(lengths, out / "answer_lengths.png")]
     total_cost = sum(r["cost_usd"] or 0 for r in cost)
+    rejected_cost = sum(r["rejected_usd"] or 0 for r in cost)
     paper_mix = " / ".join(f"{t.paper_count // 1000}K" for t in SAMPLE_TYPES.values())
     sections = [
         "# Dataset report\n",
-        f"{funnel[0]['dataset']:,} samples in the dataset; total LLM cost ${total_cost:,.4f}.\n",
+        f"{funnel[0]['dataset']:,} samples in the dataset; total LLM cost ${total_cost:,.4f}, "
+        f"of which ${rejected_cost:,.4f} on answers that were rejected.\n",
         "## Funnel\n", _markdown_table(funnel),
         f"## Sample types vs LLaVA-Instruct-158K ({paper_mix})\n", _markdown_table(mix),
         "![type mix](type_mix.png)\n",
