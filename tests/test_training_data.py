@@ -12,6 +12,7 @@ from PIL import Image
 from tokenizers import Tokenizer, models, trainers
 from transformers import PreTrainedTokenizerFast
 
+from schemas.llava import IMAGE_PLACEHOLDER
 from tests.test_training_support import tiny_base
 from training.config import load_config
 from training.data import (
@@ -23,7 +24,7 @@ from training.data import (
     load_rgb,
     tokenize_segments,
 )
-from training.model import IMAGE_TOKEN, build_base_model, build_processor, num_image_tokens
+from training.model import build_base_model, build_processor, num_image_tokens
 from training.sampler import ModalityLengthGroupedSampler
 from training.templates import VICUNA_SYSTEM, Segment
 from training.tiny import write_tiny_config
@@ -104,7 +105,7 @@ def test_vicuna_labels_decode_to_exactly_the_assistant_replies(
     tokenizer = processor.tokenizer
     decoded = [tokenizer.decode(run).strip() for run in _runs(example.labels)]
     assert decoded == ["A red apple and two forks.</s>", "Two.</s>"]
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
     image_positions = [i for i, t in enumerate(example.input_ids) if t == image_id]
     assert len(image_positions) == num_image_tokens(processor) == 16
     assert all(example.labels[i] == IGNORE_INDEX for i in image_positions)
@@ -145,7 +146,7 @@ def test_plain_template_labels_only_the_caption_and_newline(processor, image_roo
 
 
 def test_image_placeholder_is_added_or_moved_first_and_rejected_when_doubled(processor, image_root):
-    image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
     missing = {"id": "no-tag", "image": "rgb.png", "conversations": MULTI_TURN["conversations"][2:]}
     trailing = json.loads(json.dumps(MULTI_TURN))
     trailing["conversations"][0]["value"] = "What is on the table?\n<image>"

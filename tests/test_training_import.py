@@ -9,7 +9,9 @@ from tests.conftest import REPO
 
 
 def test_training_package_does_not_import_prefect():
-    modules = "training.loop, training.merge, training.tiny, training.cli, training.data, training.lora"
+    modules = (
+        "training.loop, training.merge, training.tiny, training.cli, training.data, training.lora, training.vision"
+    )
     code = f"import sys, {modules}; print('prefect' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -8,8 +8,9 @@ from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
 from tests.test_training_support import coco_captions, generate_reply, stage1_run, tiny_config_file
+from training import loop
 from training.config import load_config
-from training.loop import PROJECTOR_FILE, train
+from training.loop import PROJECTOR_FILE, train, train_step
 from training.merge import merge
 from training.metrics import read_metrics
 
@@ -95,14 +96,28 @@ def test_qlora_quantizes_only_llm_linears_to_4bit(coco_images):
     assert projector.linear_1.weight.dtype == torch.float32 and projector.linear_1.weight.requires_grad
 
 
-def test_resume_continues_the_uninterrupted_loss_trajectory(coco_images):
+class SimulatedCrash(RuntimeError):
+    """Raised by the test in place of a killed process."""
+
+
+def test_resume_continues_the_uninterrupted_loss_trajectory(coco_images, monkeypatch):
     # LoRA dropout draws random numbers, so this also checks that RNG state is restored.
     common = ["stage2.method=lora", "stage2.max_steps=5", "save_every=2"]
     straight = _stage2_config(coco_images, "resume-straight", *common)
     train(straight, "stage2")
     interrupted = _stage2_config(coco_images, "resume-interrupted", *common)
-    train(interrupted, "stage2", stop_after=2)
+
+    def crash_during_step_3(run, batch):
+        if run.progress.step == 2:
+            raise SimulatedCrash("killed after the step-2 checkpoint")
+        return train_step(run, batch)
+
+    monkeypatch.setattr(loop, "train_step", crash_during_step_3)
+    with pytest.raises(SimulatedCrash):
+        train(interrupted, "stage2")
+    monkeypatch.undo()
     assert [r["step"] for r in read_metrics(interrupted.stage_dir("stage2") / "metrics.jsonl")] == [1, 2]
+    assert [p.name for p in (interrupted.stage_dir("stage2") / "checkpoints").iterdir()] == ["step-00000002"]
     assert not (interrupted.stage_dir("stage2") / "final").exists()
     train(interrupted, "stage2")
 

@@ -74,11 +74,15 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    vision_model: str = "openai/clip-vit-large-patch14"
+    vision_model: str = Field(
+        "openai/clip-vit-large-patch14", description="vision tower checkpoint; its model_type must be registered"
+    )
     llm: str = "lmsys/vicuna-7b-v1.5"
     projector: Literal["linear", "mlp2x_gelu"] = "linear"
     vision_feature_layer: int = -2
-    vision_feature_select_strategy: Literal["default", "full"] = "default"
+    vision_feature_select_strategy: Literal["default", "full"] | None = Field(
+        None, description="None follows the vision tower (training/vision.py): CLIP default (drop CLS), SigLIP full"
+    )
     image_root: Path = Path(".")
     output_dir: Path = Path("runs/llava")
     model_max_length: int = 2048

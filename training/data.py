@@ -17,7 +17,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from transformers import LlavaProcessor
 
-from training.model import IMAGE_TOKEN, num_image_tokens
+from schemas.llava import IMAGE_PLACEHOLDER
+from training.model import num_image_tokens
 from training.templates import TEMPLATES, Segment
 
 IGNORE_INDEX = -100
@@ -49,19 +50,19 @@ def load_rgb(path: Path) -> Image.Image:
 
 def _with_image_placeholder(conversations: list[dict], has_image: bool, sample_id: str) -> list[dict]:
     """With an image: the first human turn starts with `<image>\n` (LLaVA moves it there too). Without: none."""
-    count = sum(str(turn.get("value", "")).count(IMAGE_TOKEN) for turn in conversations)
+    count = sum(str(turn.get("value", "")).count(IMAGE_PLACEHOLDER) for turn in conversations)
     if not has_image:
         if count:
-            raise ValueError(f"sample {sample_id}: text has {IMAGE_TOKEN} but the record has no 'image'")
+            raise ValueError(f"sample {sample_id}: text has {IMAGE_PLACEHOLDER} but the record has no 'image'")
         return conversations
     first = dict(conversations[0])
     value = str(first.get("value", ""))
-    if count > 1 or count != value.count(IMAGE_TOKEN):
+    if count > 1 or count != value.count(IMAGE_PLACEHOLDER):
         raise ValueError(
-            f"sample {sample_id}: {count} {IMAGE_TOKEN} placeholders; one image per sample is supported and "
+            f"sample {sample_id}: {count} {IMAGE_PLACEHOLDER} placeholders; one image per sample is supported and "
             "its placeholder must be in the first human turn"
         )
-    first["value"] = f"{IMAGE_TOKEN}\n{value.replace(IMAGE_TOKEN, '').strip()}"
+    first["value"] = f"{IMAGE_PLACEHOLDER}\n{value.replace(IMAGE_PLACEHOLDER, '').strip()}"
     return [first, *conversations[1:]]
 
 
@@ -135,7 +136,7 @@ class LlavaJsonDataset(Dataset):
         self.render = TEMPLATES[template]
         self.max_length = max_length
         self.image_tokens = num_image_tokens(processor)
-        self.image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
 
     def __len__(self) -> int:
         return len(self.records)

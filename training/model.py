@@ -21,19 +21,19 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
     BitsAndBytesConfig,
-    CLIPVisionModel,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from schemas.llava import IMAGE_PLACEHOLDER
 from training.config import StageConfig, TrainConfig
 from training.templates import vicuna_v1_chat_template
+from training.vision import VisionTower, select_strategy, vision_tower_of
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 PROJECTOR_ACT = {"linear": "linear", "mlp2x_gelu": "gelu"}
 # Modules bitsandbytes must leave in full precision under QLoRA (prefixes of module names, or suffixes).
@@ -63,20 +63,25 @@ def resolve_attention(name: str) -> str:
 
 def num_image_tokens(processor: LlavaProcessor) -> int:
     """Image tokens the processor inserts per image (= vision features the model produces)."""
-    crop = processor.image_processor.crop_size
-    count = (crop["height"] // processor.patch_size) * (crop["width"] // processor.patch_size)
+    image_processor = processor.image_processor
+    # CLIP resizes then center-crops; SigLIP resizes straight to `size`.
+    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
+    count = (size["height"] // processor.patch_size) * (size["width"] // processor.patch_size)
     count += processor.num_additional_image_tokens
     return count - 1 if processor.vision_feature_select_strategy == "default" else count
 
 
-def build_processor(cfg: TrainConfig, patch_size: int) -> LlavaProcessor:
-    """Tokenizer of the LLM (+ `<image>` and a pad token) and image processor of the vision tower."""
+def build_processor(cfg: TrainConfig, patch_size: int, tower: VisionTower | None = None) -> LlavaProcessor:
+    """Tokenizer of the LLM (+ `<image>` and a pad token) and image processor of the vision tower.
+
+    `tower` defaults to the registry entry of `cfg.vision_model`."""
+    tower = tower or vision_tower_of(cfg.vision_model)
     tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
     extra: dict = {}
     if tokenizer.pad_token is None:
         extra["pad_token"] = PAD_TOKEN
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        extra["additional_special_tokens"] = [IMAGE_TOKEN]
+    if IMAGE_PLACEHOLDER not in tokenizer.get_vocab():
+        extra["additional_special_tokens"] = [IMAGE_PLACEHOLDER]
     if extra:
         tokenizer.add_special_tokens(extra)
     tokenizer.model_max_length = cfg.model_max_length
@@ -86,10 +91,10 @@ def build_processor(cfg: TrainConfig, patch_size: int) -> LlavaProcessor:
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=patch_size,
-        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-        # CLIP prepends a CLS token; "default" drops it again, so tokens == patches.
-        num_additional_image_tokens=1,
-        image_token=IMAGE_TOKEN,
+        vision_feature_select_strategy=select_strategy(tower, cfg.vision_feature_select_strategy),
+        # CLIP prepends a CLS token ("default" drops it again, so tokens == patches); SigLIP has none.
+        num_additional_image_tokens=tower.prefix_tokens,
+        image_token=IMAGE_PLACEHOLDER,
         chat_template=vicuna_v1_chat_template(tokenizer.eos_token),
     )
 
@@ -103,21 +108,31 @@ def _init_projector(projector: LlavaMultiModalProjector, kind: str) -> None:
 
 
 def build_base_model(cfg: TrainConfig) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """Assemble a Llava model from a CLIP vision tower and a causal LLM (paths or hub ids), new projector."""
+    """Assemble a Llava model from a registered vision tower (`training/vision.py`) and a causal LLM (paths or
+    hub ids), with a new projector."""
     dtype = resolve_dtype(cfg.dtype)
     attention = resolve_attention(cfg.attn_implementation)
-    vision = CLIPVisionModel.from_pretrained(cfg.vision_model, dtype=dtype, attn_implementation=attention)
+    tower = vision_tower_of(cfg.vision_model)
+    strategy = select_strategy(tower, cfg.vision_feature_select_strategy)
+    vision = tower.load(cfg.vision_model, dtype, attention)
     llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype, attn_implementation=attention)
-    processor = build_processor(cfg, patch_size=vision.config.patch_size)
+    processor = build_processor(cfg, patch_size=vision.config.patch_size, tower=tower)
+    image_tokens = tower.image_tokens(vision.config, strategy)
+    if num_image_tokens(processor) != image_tokens:
+        raise ValueError(
+            f"vision_model {cfg.vision_model}: its image processor yields {num_image_tokens(processor)} image tokens "
+            f"but the tower ({vision.config.image_size} px, patch {vision.config.patch_size}) gives {image_tokens} "
+            "features; the processor's output size must equal the tower's image_size"
+        )
     tokenizer = processor.tokenizer
     config = LlavaConfig(
         vision_config=vision.config,
         text_config=llm.config,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=num_image_tokens(processor),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+        image_seq_length=image_tokens,
         projector_hidden_act=PROJECTOR_ACT[cfg.projector],
         vision_feature_layer=cfg.vision_feature_layer,
-        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        vision_feature_select_strategy=strategy,
         tie_word_embeddings=bool(getattr(llm.config, "tie_word_embeddings", False)),
     )
     # Build the shell on the meta device and move the loaded towers in: no second copy of 7B weights.

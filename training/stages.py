@@ -1,6 +1,6 @@
 """Stages are data (prismatic's `freeze_backbones`): a stage names module groups; this sets `requires_grad`.
 
-Groups: `vision` (CLIP tower), `projector`, `llm` (language model + lm_head). With LoRA methods the
+Groups: `vision` (the vision tower), `projector`, `llm` (language model + lm_head). With LoRA methods the
 LLM trains only through its adapters. The `linear` projector's second layer is a fixed identity and
 never trains. The function logs and returns what trains and what is frozen.
 """

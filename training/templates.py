@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from schemas.llava import IMAGE_PLACEHOLDER
+
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -45,7 +47,7 @@ def _turns(conversations: list[dict], sample_id: str) -> list[tuple[str, str]]:
 def plain(conversations: list[dict], sample_id: str, eos: str) -> list[Segment]:
     """Stage-1 template: image, then the caption (the first assistant reply), then a newline."""
     turns = _turns(conversations, sample_id)
-    prompt = "<image>" if "<image>" in turns[0][1] else ""
+    prompt = IMAGE_PLACEHOLDER if IMAGE_PLACEHOLDER in turns[0][1] else ""
     return [Segment(prompt, False), Segment(turns[1][1].strip() + "\n", True)]
 
 
@@ -78,7 +80,8 @@ def vicuna_v1_chat_template(eos: str) -> str:
         "| map(attribute='text') | join(' ') -%}"
         "{%- set images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
         "{%- endif -%}"
-        "{%- if message['role'] == 'user' -%}{{- 'USER: ' + '<image>\\n' * images + text | trim + ' ' -}}"
+        "{%- if message['role'] == 'user' -%}"
+        "{{- 'USER: ' + '" + IMAGE_PLACEHOLDER + "\\n' * images + text | trim + ' ' -}}"
         "{%- else -%}{{- 'ASSISTANT: ' + text | trim + '" + eos + "' -}}{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"

@@ -1,4 +1,4 @@
-"""Tiny random base models (CLIP vision tower + Llama with a byte-level BPE tokenizer), built offline.
+"""Tiny random base models (a CLIP or SigLIP vision tower + Llama with a byte-level BPE tokenizer), built offline.
 
 For tests and the end-to-end demo: `build_tiny_base_models(out_dir)` saves both with `save_pretrained`
 and writes `out_dir/tiny.yaml`, a config on which stage 1 and stage 2 each run in seconds on a CPU.
@@ -6,7 +6,7 @@ and writes `out_dir/tiny.yaml`, a config on which stage 1 and stage 2 each run i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -18,8 +18,11 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+    SiglipVisionModel,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from training.templates import VICUNA_SYSTEM
 
@@ -53,29 +56,52 @@ def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 512) -> PreTrai
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
+_TINY_TOWER = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "image_size": TINY_IMAGE_SIZE,
+    "patch_size": TINY_PATCH_SIZE,
+}
+
+
+def save_tiny_clip(path: Path) -> Path:
+    """A tiny random CLIP vision tower (one CLS token + 16 patches) and its resize + center-crop processor."""
+    CLIPVisionModel(CLIPVisionConfig(**_TINY_TOWER, projection_dim=32)).save_pretrained(path)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    ).save_pretrained(path)
+    return path
+
+
+def save_tiny_siglip(path: Path) -> Path:
+    """A tiny random SigLIP vision tower (16 patches, no CLS) and its resize-to-square processor."""
+    SiglipVisionModel(SiglipVisionConfig(**_TINY_TOWER)).save_pretrained(path)
+    SiglipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}).save_pretrained(path)
+    return path
+
+
+TINY_VISION: dict[str, Callable[[Path], Path]] = {"clip": save_tiny_clip, "siglip": save_tiny_siglip}
+
+
 def build_tiny_base_models(
-    out_dir: Path | str, texts: Iterable[str] = (), initializer_range: float = 0.2, seed: int = 0
+    out_dir: Path | str,
+    texts: Iterable[str] = (),
+    initializer_range: float = 0.2,
+    seed: int = 0,
+    vision: str = "clip",
 ) -> tuple[Path, Path]:
-    """Save a tiny CLIP vision tower and a tiny Llama (+ tokenizer) under `out_dir`; also writes `tiny.yaml`.
+    """Save a tiny vision tower (`vision`: a key of `TINY_VISION`) and a tiny Llama (+ tokenizer) under
+    `out_dir`; also writes `tiny.yaml`.
 
     Returns (vision_path, llm_path). `texts` (e.g. the training captions) improve the tokenizer's merges.
     """
+    if vision not in TINY_VISION:
+        raise ValueError(f"unknown tiny vision tower {vision!r}; choose one of {sorted(TINY_VISION)}")
     out_dir = Path(out_dir)
     torch.manual_seed(seed)  # same seed, same tiny weights: demo runs are reproducible
-    vision_path, llm_path = out_dir / "tiny-clip-vision", out_dir / "tiny-llama"
-    vision_config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        image_size=TINY_IMAGE_SIZE,
-        patch_size=TINY_PATCH_SIZE,
-        projection_dim=32,
-    )
-    CLIPVisionModel(vision_config).save_pretrained(vision_path)
-    CLIPImageProcessorPil(
-        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
-    ).save_pretrained(vision_path)
+    vision_path, llm_path = TINY_VISION[vision](out_dir / f"tiny-{vision}-vision"), out_dir / "tiny-llama"
     tokenizer = build_tokenizer(texts)
     llm_config = LlamaConfig(
         vocab_size=len(tokenizer),
