@@ -22,6 +22,7 @@ class RejectCode(StrEnum):
     REPEATED_QUESTION = "repeated_question"
     NON_ENGLISH = "non_english"
     TRUNCATED = "truncated"  # finish_reason length, or text that stops mid-sentence
+    PARSE_ERROR = "parse_error"  # our parser raised (a bug, not the model's fault): fix it and validate again
 
 
 class Reject(BaseModel):

@@ -10,10 +10,15 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+NOT_SENT = frozenset({"budget_exceeded"})  # statuses of rows that made no HTTP call
+# Keys of a request's stored `params` that are ours, not the API's: part of the request id hash
+# (changing them would re-plan every database), dropped before sending.
+LOCAL_PARAM_KEYS = frozenset({"output_format"})
+
 # status -> what it means. `retry` says whether the engine tries the request again (up to
 # `max_attempts`); a status that is not retried is the request's final failure for this run.
 RESPONSE_STATUSES: dict[str, tuple[str, bool]] = {
-    "ok": ("HTTP 200 whose content parses into the sample type's output model", False),
+    "ok": ("HTTP 200 whose content parses as the request's kind (its registered parser)", False),
     "rate_limited": ("HTTP 429; everybody pauses for Retry-After, then the request is retried", True),
     "server_error": ("HTTP 5xx", True),
     "timeout": ("no answer within the client timeout", True),
@@ -24,8 +29,19 @@ RESPONSE_STATUSES: dict[str, tuple[str, bool]] = {
     "refusal": ("the model refused (message.refusal set)", True),
     "client_error": ("another HTTP 4xx (bad request, auth, not found): fix the request or key", False),
     "budget_exceeded": ("not sent: --max-cost-usd was reached before this attempt", False),
+    # our parser raised (a bug on our side): the paid content is kept for `validate` once it is fixed,
+    # and the request is never re-sent (another answer would hit the same bug)
+    "parse_error": ("HTTP 200 but our own parser raised on the content; never re-sent", False),
 }
 RETRYABLE_STATUSES = frozenset(s for s, (_, retry) in RESPONSE_STATUSES.items() if retry)
+
+
+# Batch states (the `batches.status` column): OpenAI's own, plus two of ours. A batch is open until
+# its results are in `responses` (STORED); a remote final state only means results can be fetched.
+BATCH_UPLOADED = "uploaded"  # ours: input file uploaded, batch not yet created
+BATCH_STORED = "stored"  # ours: results stored; nothing left to do
+BATCH_REMOTE_FINAL = ("completed", "failed", "expired", "cancelled")  # the provider will not change it again
+CLOSED_BATCH_STATES = (BATCH_STORED,)  # every other status is an open batch
 
 
 class LlmRequest(NamedTuple):
@@ -37,6 +53,12 @@ class LlmRequest(NamedTuple):
     messages: list[dict[str, Any]]
     params: dict[str, Any]  # API params; keys the API must not see are dropped by the client
     est_input_tokens: int
+
+
+def _all_sample_types() -> list[str]:
+    from schemas.samples import SAMPLE_TYPES  # here: importing the engine's config loads no sample types
+
+    return list(SAMPLE_TYPES)
 
 
 class GenerateConfig(BaseModel):
@@ -53,6 +75,8 @@ class GenerateConfig(BaseModel):
     rpm: float | None = Field(default=None, gt=0)  # None: learn from x-ratelimit-* headers
     tpm: float | None = Field(default=None, gt=0)
     max_cost_usd: float | None = Field(default=None, ge=0)
+    # the runs that share `max_cost_usd` (shards and retries of one flow run); None: this run alone
+    budget_id: str | None = None
     timeout: float = Field(default=120.0, gt=0)  # seconds per HTTP attempt
     # how each POST travels (tasks/llm/transport.py): lean aiohttp, or the openai SDK's own `post`
     transport: Literal["aiohttp", "sdk"] = "aiohttp"
@@ -61,7 +85,7 @@ class GenerateConfig(BaseModel):
     max_attempts: int = Field(default=5, ge=1)
     temperature: float = 0.2
     max_tokens: int = Field(default=2048, ge=1)
-    types: list[str] = Field(default_factory=lambda: ["conversation", "detail_description", "complex_reasoning"])
+    types: list[str] = Field(default_factory=lambda: _all_sample_types())
     limit: int | None = Field(default=None, ge=1)  # number of images; None = all
     backoff_base_s: float = Field(default=1.0, gt=0)  # first retry waits up to this (full jitter)
     backoff_max_s: float = Field(default=60.0, gt=0)
@@ -80,6 +104,7 @@ class GenerateStats(BaseModel):
 
     requests: int = 0  # requests this run was asked to finish
     already_ok: int = 0  # skipped: a good response was stored before
+    held_parse_error: int = 0  # skipped: an earlier answer made our parser raise (fix it, then validate)
     done: int = 0  # got an ok response in this run
     failed: int = 0  # ended this run without an ok response
     attempts: int = 0  # HTTP calls made (retries included)
@@ -90,6 +115,30 @@ class GenerateStats(BaseModel):
     wall_s: float = 0.0
     attempts_by_status: dict[str, int] = Field(default_factory=dict)
     final_by_status: dict[str, int] = Field(default_factory=dict)  # last status of each request
+
+    def add_response(self, row: Any) -> None:
+        """Count one stored attempt (a `ResponseRow` or its dict); rows never sent count only by status."""
+        get = row.get if isinstance(row, dict) else lambda name, default=None: getattr(row, name, default)
+        status = get("status")
+        self.attempts_by_status[status] = self.attempts_by_status.get(status, 0) + 1
+        if status in NOT_SENT:
+            return
+        self.attempts += 1
+        self.prompt_tokens += int(get("prompt_tokens") or 0)
+        self.completion_tokens += int(get("completion_tokens") or 0)
+        self.cached_tokens += int(get("cached_tokens") or 0)
+        self.cost_usd += float(get("cost_usd") or 0.0)
+
+    def add(self, other: GenerateStats) -> None:
+        """Add another run's counts to these (shards of one flow run); `wall_s` keeps the longest."""
+        for name in ("requests", "already_ok", "held_parse_error", "done", "failed", "attempts", "prompt_tokens",
+                     "completion_tokens", "cached_tokens", "cost_usd"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.wall_s = max(self.wall_s, other.wall_s)
+        for name in ("attempts_by_status", "final_by_status"):
+            table = getattr(self, name)
+            for status, n in getattr(other, name).items():
+                table[status] = table.get(status, 0) + n
 
     @property
     def tokens(self) -> int:

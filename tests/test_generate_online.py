@@ -162,8 +162,8 @@ def test_a_rejected_key_stops_the_run_at_once(db_path: Path, monkeypatch: pytest
     plan = plan_requests(db_path, sample_types=["complex_reasoning"], model="gpt-4o-mini")
     calls = []
 
-    async def unauthorized(client, **kwargs):  # what the SDK reports for a 401
-        calls.append(kwargs["request_id"])
+    async def unauthorized(sender, request, **kwargs):  # what the SDK reports for a 401
+        calls.append(request.request_id)
         return llm_client.Attempt("client_error", http_status=401, error=f"Incorrect API key provided: {SECRET}")
 
     monkeypatch.setattr(llm_client, "attempt", unauthorized)

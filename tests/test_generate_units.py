@@ -44,8 +44,8 @@ def test_prices_match_longest_prefix_and_batch_discount() -> None:
 
 def test_every_status_is_documented_and_retry_set_is_consistent() -> None:
     assert {"ok", "rate_limited", "server_error", "timeout", "connection_error", "bad_output", "truncated",
-            "content_filter", "refusal", "client_error", "budget_exceeded"} == set(RESPONSE_STATUSES)
-    assert "ok" not in RETRYABLE_STATUSES and "client_error" not in RETRYABLE_STATUSES
+            "content_filter", "refusal", "client_error", "budget_exceeded", "parse_error"} == set(RESPONSE_STATUSES)
+    assert not {"ok", "client_error", "parse_error", "budget_exceeded"} & RETRYABLE_STATUSES
     assert {"rate_limited", "server_error", "timeout", "bad_output"} <= RETRYABLE_STATUSES
 
 
@@ -64,14 +64,14 @@ def test_classify_each_outcome() -> None:
     good = render(__import__("schemas.samples", fromlist=["x"]).ComplexReasoningOutput(
         question="Why is the man holding an umbrella?", answer="It is raining, so he keeps himself dry."),
         "structured")
-    ok = classify(_body(good), "complex_reasoning", "structured")
+    ok = classify(_body(good), "complex_reasoning/structured")
     assert (ok.status, ok.prompt_tokens, ok.completion_tokens, ok.cached_tokens) == ("ok", 1200, 80, 1024)
-    assert classify(_body('{"question": "x"'), "complex_reasoning", "structured").status == "bad_output"
-    assert classify(_body(good[:20], "length"), "complex_reasoning", "structured").status == "truncated"
-    assert classify(_body(None, "content_filter"), "complex_reasoning", "structured").status == "content_filter"
-    assert classify(_body(None, refusal="I can't help"), "complex_reasoning", "structured").status == "refusal"
-    assert classify({"choices": []}, "complex_reasoning", "structured").status == "bad_output"
-    text = classify(_body("Question:\nWhat?\n===\nAnswer:\nA dog."), "complex_reasoning", "llava-text")
+    assert classify(_body('{"question": "x"'), "complex_reasoning/structured").status == "bad_output"
+    assert classify(_body(good[:20], "length"), "complex_reasoning/structured").status == "truncated"
+    assert classify(_body(None, "content_filter"), "complex_reasoning/structured").status == "content_filter"
+    assert classify(_body(None, refusal="I can't help"), "complex_reasoning/structured").status == "refusal"
+    assert classify({"choices": []}, "complex_reasoning/structured").status == "bad_output"
+    text = classify(_body("Question:\nWhat?\n===\nAnswer:\nA dog."), "complex_reasoning/llava-text")
     assert text.status == "ok"
 
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from schemas.generation import LlmRequest
 from tasks.llm import client as llm_client
 from tasks.llm.transport import TRANSPORTS, chat_url, env_proxy, make_sender, request_headers
 from tests.sim import SimConfig, start_simulator
@@ -22,16 +23,12 @@ async def _attempt(base_url: str, transport: str, timeout: float = 5.0) -> llm_c
     client = llm_client.make_client(base_url=base_url, api_key=SECRET, timeout=timeout)
     sender = make_sender(client, transport, timeout)
     try:
-        return await llm_client.attempt(
-            sender,
-            model="gpt-4o-mini",
+        request = LlmRequest(
+            request_id="req-abc", kind="complex_reasoning/llava-text", model="gpt-4o-mini",
             messages=[{"role": "user", "content": "Caption: a man holds a red umbrella."}],
-            params={"max_tokens": 256, "output_format": "llava-text"},
-            sample_type="complex_reasoning",
-            output_format="llava-text",
-            api_key=SECRET,
-            request_id="req-abc",
+            params={"max_tokens": 256, "output_format": "llava-text"}, est_input_tokens=20,
         )
+        return await llm_client.attempt(sender, request, api_key=SECRET)
     finally:
         await sender.close()
         await client.close()
@@ -172,9 +169,7 @@ def test_reply_body_that_is_not_json_is_kept() -> None:
             pass
 
     result = asyncio.run(
-        llm_client.attempt(
-            Broken(), model="m", messages=[], params={}, sample_type="complex_reasoning", output_format="llava-text"
-        )
+        llm_client.attempt(Broken(), LlmRequest("r", "complex_reasoning/llava-text", "m", [], {}, 0))
     )
     assert result.status == "bad_output" and result.content == body.decode()
     assert "not JSON" in (result.error or "")

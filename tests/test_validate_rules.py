@@ -194,9 +194,19 @@ def test_content_filter() -> None:
     assert codes("detail_description", text, finish_reason="stop") == set()
 
 
+def test_parse_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.curation import validate
+
+    def broken(*args: object) -> None:
+        raise KeyError("parser bug")
+
+    monkeypatch.setattr(validate, "parse", broken)
+    assert codes("detail_description", render(DETAIL, "llava-text")) == {"parse_error"}
+
+
 def test_every_reject_code_is_covered_here() -> None:
     tested = {"malformed", "empty", "too_short", "too_long", "mentions_hidden_input", "refusal",
-              "repeated_question", "non_english", "truncated", "content_filter"}
+              "repeated_question", "non_english", "truncated", "content_filter", "parse_error"}
     assert {c.value for c in RejectCode} == tested
 
 

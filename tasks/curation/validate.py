@@ -15,9 +15,10 @@ from typing import Any
 
 from schemas.curation import ContentThresholds, Reject, RejectCode, ValidationResult
 from schemas.samples import SampleOutput, question_answer_pairs
+from schemas.samples import sample_type as lookup_sample_type
 from schemas.tables import RejectRow, SampleRow
 from tasks.curation.rules import CONTENT_RULES, REFUSAL
-from tasks.prompting.formats import OutputFormatError, parse
+from tasks.prompting.formats import OutputFormatError, check_format, parse
 from tasks.store import insert_rows, read, stable_hash, utcnow, write
 
 # Provider finish reasons that mean the text is not the model's complete answer.
@@ -33,6 +34,8 @@ def validate_output(
 ) -> ValidationResult:
     """Parse one raw response and apply every content rule; `output` is set only when nothing failed."""
     thresholds = thresholds or ContentThresholds()
+    check_format(output_format)  # the caller's mistake (ValueError), not a parser bug
+    lookup_sample_type(sample_type)
     rejects: list[Reject] = []
     if finish_reason in _FINISH_REJECTS:
         rejects.append(Reject(code=_FINISH_REJECTS[finish_reason], detail=f"finish_reason is {finish_reason!r}"))
@@ -46,6 +49,9 @@ def validate_output(
         if REFUSAL.search(content):
             rejects.append(Reject(code=RejectCode.REFUSAL, detail=f"unparsed content refuses: {content[:80]!r}"))
         return ValidationResult(rejects=rejects)
+    except Exception as exc:  # a bug in our parser: one reject, not a crash of the whole pass
+        detail = f"{output_format} {sample_type}: parser raised {exc!r}"[:1000]
+        return ValidationResult(rejects=[*rejects, Reject(code=RejectCode.PARSE_ERROR, detail=detail)])
     turns = question_answer_pairs(output)
     codes = {r.code for r in rejects}
     for rule in CONTENT_RULES:
@@ -100,9 +106,20 @@ def validate_response(row: dict[str, Any], thresholds: ContentThresholds | None 
         result = validate_output(row["sample_type"], row["output_format"], row["content"], row["finish_reason"],
                                  thresholds)
         if RejectCode.REFUSAL in {r.code for r in result.rejects}:
-            return result
-        return ValidationResult(rejects=[*result.rejects, refused])
-    return validate_output(row["sample_type"], row["output_format"], row["content"], row["finish_reason"], thresholds)
+            return _name_response(result, row["response_id"])
+        return _name_response(ValidationResult(rejects=[*result.rejects, refused]), row["response_id"])
+    result = validate_output(row["sample_type"], row["output_format"], row["content"], row["finish_reason"],
+                             thresholds)
+    return _name_response(result, row["response_id"])
+
+
+def _name_response(result: ValidationResult, response_id: str) -> ValidationResult:
+    # A parse_error reject names the response, so the failing content can be found and replayed.
+    if not any(r.code is RejectCode.PARSE_ERROR for r in result.rejects):
+        return result
+    rejects = [Reject(code=r.code, detail=f"response {response_id}: {r.detail}") if r.code is RejectCode.PARSE_ERROR
+               else r for r in result.rejects]
+    return ValidationResult(output=result.output, rejects=rejects)
 
 
 def validate_pending(
@@ -111,8 +128,6 @@ def validate_pending(
     """Validate every response with content not yet turned into a sample or a reject; idempotent."""
     stats = ValidateStats()
     codes: Counter[str] = Counter()
-    with write(db_path):  # creates / migrates the file so the read below finds the tables
-        pass
     with read(db_path) as con:
         cursor = con.execute(_PENDING_SQL)
         names = [d[0] for d in cursor.description]

@@ -17,9 +17,10 @@ from typing import Any
 
 import openai
 
+from schemas.generation import LOCAL_PARAM_KEYS, LlmRequest
+from tasks.llm import parsers
 from tasks.llm.ratelimit import retry_after_s
 from tasks.llm.transport import ChatSender, Reply, SendFailed, SendTimeout
-from tasks.prompting.formats import OutputFormatError, parse
 
 _KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{8,}")
 MAX_ERROR_CHARS = 2000
@@ -51,7 +52,7 @@ def redact(text: str, secret: str | None) -> str:
 
 def api_params(params: dict[str, Any]) -> dict[str, Any]:
     """The request's stored params minus our own bookkeeping keys (not sent to the API)."""
-    return {k: v for k, v in params.items() if k != "output_format"}
+    return {k: v for k, v in params.items() if k not in LOCAL_PARAM_KEYS}
 
 
 @dataclass
@@ -71,26 +72,18 @@ class Attempt:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-async def attempt(
-    sender: ChatSender,
-    *,
-    model: str,
-    messages: list[dict[str, Any]],
-    params: dict[str, Any],
-    sample_type: str,
-    output_format: str,
-    api_key: str | None = None,
-    request_id: str | None = None,
-) -> Attempt:
+async def attempt(sender: ChatSender, request: LlmRequest, *, api_key: str | None = None) -> Attempt:
     """Send one chat completion and classify what came back (never raises for API trouble).
 
-    `request_id` travels as the `X-Vistune-Request-Id` header (providers ignore it; the simulator
-    logs it, so tests can tell which request each served call was).
+    The request id travels as the `X-Vistune-Request-Id` header (providers ignore it; the simulator
+    logs it, so tests can tell which request each served call was). The content is checked by the
+    parser registered for `request.kind`.
     """
     start = time.perf_counter()
-    headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+    headers = {REQUEST_ID_HEADER: request.request_id} if request.request_id else {}
+    payload = {"model": request.model, "messages": request.messages, **api_params(request.params)}
     try:
-        reply = await sender.send({"model": model, "messages": messages, **api_params(params)}, headers)
+        reply = await sender.send(payload, headers)
     except SendTimeout:
         return Attempt("timeout", latency_s=time.perf_counter() - start, error="no response within the timeout")
     except SendFailed as exc:
@@ -105,17 +98,19 @@ async def attempt(
         return Attempt("bad_output", http_status=200, content=reply.text[:MAX_BAD_BODY_CHARS],
                        latency_s=latency, headers=reply.headers,
                        error=redact(f"response body is not JSON: {exc}", api_key)[:MAX_ERROR_CHARS])
-    result = classify(body, sample_type, output_format)
+    result = classify(body, request.kind)
     result.http_status, result.latency_s, result.headers = 200, latency, reply.headers
     if result.status == "bad_output" and result.content is None:
         result.content = reply.text[:MAX_BAD_BODY_CHARS]
     return result
 
 
-def classify(body: dict[str, Any], sample_type: str, output_format: str) -> Attempt:
+def classify(body: dict[str, Any], kind: str) -> Attempt:
     """Status, content and usage of a chat completion body (online or from a batch output file).
 
     Read from the JSON dict, not a pydantic model, so providers that add or omit fields still work.
+    The content goes through `parsers.parser_for(kind)`: an `OutputError` is the model's fault
+    (`bad_output`, retried); any other exception is ours (`parse_error`, kept, never re-sent).
     """
     try:
         choice = body["choices"][0]
@@ -143,11 +138,11 @@ def classify(body: dict[str, Any], sample_type: str, output_format: str) -> Atte
         result.status, result.error = "content_filter", "finish_reason=content_filter"
     else:
         try:
-            parse(sample_type, output_format, result.content)
-        except OutputFormatError as exc:
+            parsers.parser_for(kind)(result.content)
+        except parsers.OutputError as exc:
             result.status, result.error = "bad_output", str(exc)[:MAX_ERROR_CHARS]
-        except Exception as exc:  # a parser bug must not lose a paid response
-            result.status, result.error = "bad_output", f"parser failed: {exc!r}"[:MAX_ERROR_CHARS]
+        except Exception as exc:  # our bug: paying again would not fix it; the content stays for validate
+            result.status, result.error = "parse_error", f"parser for {kind!r} failed: {exc!r}"[:MAX_ERROR_CHARS]
     return result
 
 

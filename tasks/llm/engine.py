@@ -1,10 +1,17 @@
 """Send planned requests to an OpenAI-compatible endpoint as fast as its limits allow; lose nothing.
 
-How one run works (`run_requests`):
+The engine knows no sample types: it sends `LlmRequest`s and checks each answer with the parser
+registered for the request's `kind` (`tasks/llm/parsers.py`). `send` is the one entry point for
+online and batch mode (`tasks/llm/batch.py`); both append their rows to the same journal, write a
+`runs` row and hold `max_cost_usd` across every run of a `budget_id` (`tasks/llm/budget.py`).
+
+How one online run works (`run_requests`):
 - leftover journals of crashed runs are loaded into DuckDB first, then requests are read in
-  chunks and those that already have an `ok` response are skipped (never paid twice);
+  chunks and those that already have an `ok` response are skipped (never paid twice), as are
+  those whose answer made our own parser raise (`parse_error`: re-sending would not fix our bug);
 - `concurrency` worker coroutines take requests from a bounded queue (memory stays flat);
-- each attempt waits for the rate limiter, is sent once (`tasks/llm/client.py`), and its row is
+- each request goes to its endpoint (`endpoint_for`, `tasks/llm/endpoint.py`); each attempt waits
+  for the endpoint's rate limiter, is sent once (`tasks/llm/client.py`), and its row is
   appended to the journal before the worker looks at anything else; retries use tenacity's
   exponential backoff with full jitter on the retryable statuses (`schemas.generation`);
 - a background loop moves journal rows into `responses` a few seconds after the first answers,
@@ -18,7 +25,6 @@ attempt (not an exception) decide whether to retry.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,14 +32,19 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
-from schemas.generation import RETRYABLE_STATUSES, GenerateConfig, GenerateStats
+from schemas.generation import RETRYABLE_STATUSES, GenerateConfig, GenerateStats, LlmRequest
 from schemas.settings import get_settings
 from schemas.tables import RunRow
 from tasks import store
 from tasks.llm import client as llm_client
-from tasks.llm import pricing, transport, wakeups
+from tasks.llm import parsers, pricing, wakeups
+from tasks.llm.budget import Budget, shared_budget
+from tasks.llm.endpoint import Endpoint
 from tasks.llm.ratelimit import LocalRateLimiter, RateLimiter
-from tasks.store.journal import DB_LOCK, Journal, replay_orphans
+from tasks.store import queries
+from tasks.store.journal import Journal, replay_orphans
+
+__all__ = ["AuthenticationFailed", "Budget", "run_requests", "run_requests_sync", "send", "with_settings"]
 
 LOAD_CHUNK = 1000
 PROGRESS_EVERY_S = 0.5
@@ -56,64 +67,34 @@ class AuthenticationFailed(RuntimeError):
     """The endpoint rejected the API key: the run stops at once instead of failing every request."""
 
 
-class Budget:
-    """`--max-cost-usd`: an attempt may start only if spent + reserved + its own estimate fits."""
-
-    def __init__(self, cap: float | None) -> None:
-        self.cap = cap
-        self.spent = 0.0
-        self.reserved = 0.0
-
-    def try_reserve(self, estimate: float) -> bool:
-        """Reserve an attempt's estimated cost; False when the cap would be passed."""
-        if self.cap is not None and self.spent + self.reserved + estimate > self.cap:
-            return False
-        self.reserved += estimate
-        return True
-
-    def settle(self, estimate: float, actual: float) -> None:
-        """Replace a reservation by what the attempt really cost."""
-        self.reserved -= estimate
-        self.spent += actual
-
-
-def _load_pending(db_path: Path, ids: Sequence[str]) -> list[tuple[Any, ...]]:
-    # The requests among `ids` without an ok response, in the given order.
-    with DB_LOCK, store.read(db_path) as con:
-        rows = con.execute(
-            "SELECT request_id, sample_type, model, output_format, messages, params, est_input_tokens, "
-            "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'ok') "
-            "FROM requests q WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
-            [list(ids)],
-        ).fetchall()
-    if len(rows) < len(set(ids)):
-        known = {r[0] for r in rows}
-        unknown = [i for i in ids if i not in known]
-        raise ValueError(f"{len(unknown)} request id(s) are not in the `requests` table of {db_path}, "
-                         f"e.g. {unknown[:3]}: plan them first (tasks.prompting.plan.plan_requests)")
-    order = {rid: i for i, rid in enumerate(ids)}
-    # JSON columns arrive as text
-    return [(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6])
-            for r in sorted(rows, key=lambda r: order[r[0]]) if not r[7]]
+def _load_pending(db_path: Path, ids: Sequence[str]) -> tuple[list[LlmRequest], int]:
+    # The requests among `ids` to send, in the given order, and how many are held for a parse_error.
+    with store.read(db_path) as con:
+        found = queries.unanswered(con, ids)
+    if found.missing:
+        raise ValueError(f"{len(found.missing)} request id(s) are not in the `requests` table of {db_path}, "
+                         f"e.g. {found.missing[:3]}: plan them first")
+    for kind in {r.kind for r in found.requests}:
+        parsers.parser_for(kind)  # an unknown kind fails here, before anything is paid
+    return found.requests, len(found.held)
 
 
 class _Engine:
     """The state of one `run_requests` call."""
 
-    def __init__(self, db_path: Path, config: GenerateConfig, limiter: RateLimiter, run_id: str) -> None:
+    def __init__(
+        self, db_path: Path, config: GenerateConfig, limiter: RateLimiter, run_id: str, budget: Budget
+    ) -> None:
         self.db_path = db_path
         self.config = config
-        self.limiter = limiter
         self.run_id = run_id
-        self.api_key = config.api_key.get_secret_value() if config.api_key else None
         self.stats = GenerateStats()
-        self.budget = Budget(config.max_cost_usd)
+        self.budget = budget
         self.avg_completion = float(config.max_tokens)  # pessimistic until answers arrive
         self.answers = 0
         self._window: float | None = None  # the wake-up window in force (tasks/llm/wakeups.py); None: not set yet
         self.journal = Journal(db_path)
-        self.client = llm_client.make_client(base_url=config.base_url, api_key=self.api_key, timeout=config.timeout)
-        self.sender = transport.make_sender(self.client, config.transport, config.timeout)
+        self.endpoint = Endpoint.open(config, limiter)
         self.retrying = AsyncRetrying(
             stop=stop_after_attempt(config.max_attempts),
             wait=wait_random_exponential(multiplier=config.backoff_base_s, max=config.backoff_max_s),
@@ -121,22 +102,23 @@ class _Engine:
             retry_error_callback=lambda state: state.outcome.result(),
         )
 
+    def endpoint_for(self, request: LlmRequest) -> Endpoint:
+        """Where `request` is sent: the one default endpoint for now (the seam for endpoint pools)."""
+        return self.endpoint
+
     def _size_wakeup_window(self) -> None:
         # Batch the loop's wake-ups while requests flow: sized by the rate limit in force (it may be
         # learned from headers) and the concurrency, which must cover what the batching holds back.
         if self.config.wakeup_window_ms is not None:
             self._set_window(self.config.wakeup_window_ms / 1000)
         else:
-            self._set_window(wakeups.window_for_rate(getattr(self.limiter, "rpm", None), self.config.concurrency))
+            rpm = getattr(self.endpoint.limiter, "rpm", None)
+            self._set_window(wakeups.window_for_rate(rpm, self.config.concurrency))
 
     def _set_window(self, window: float) -> None:
         if window != self._window:
             self._window = window
             wakeups.set_window(window)
-
-    def _count(self, key: str, status: str) -> None:
-        table = getattr(self.stats, key)
-        table[status] = table.get(status, 0) + 1
 
     def _record(self, request_id: str, attempt_no: int, status: str, **fields: Any) -> None:
         row = {
@@ -150,47 +132,38 @@ class _Engine:
             **fields,
         }
         self.journal.append(row)
-        self._count("attempts_by_status", status)
+        self.stats.add_response(row)
 
-    async def _attempt(self, request: tuple[Any, ...], counter: list[int]) -> str:
-        request_id, type_name, model, output_format, messages, params, est_input = request
+    async def _attempt(self, request: LlmRequest, counter: list[int]) -> str:
+        endpoint = self.endpoint_for(request)
         counter[0] += 1
-        estimate = pricing.cost_usd(model, est_input, int(self.avg_completion))
+        estimate = endpoint.cost_usd(request.model, request.est_input_tokens, int(self.avg_completion))
         if not self.budget.try_reserve(estimate):
-            self._record(request_id, counter[0], "budget_exceeded",
+            self._record(request.request_id, counter[0], "budget_exceeded",
                          error=f"not sent: --max-cost-usd {self.config.max_cost_usd} reached")
             return "budget_exceeded"
         try:
-            await self.limiter.acquire(1, est_input + int(params.get("max_tokens") or 0))
-            result = await llm_client.attempt(
-                self.sender, model=model, messages=messages, params=params, sample_type=type_name,
-                output_format=output_format, api_key=self.api_key, request_id=request_id,
-            )
+            await endpoint.limiter.acquire(1, request.est_input_tokens + int(request.params.get("max_tokens") or 0))
+            result = await llm_client.attempt(endpoint.sender, request, api_key=endpoint.api_key)
         except BaseException:
             self.budget.settle(estimate, 0.0)
             raise
-        cost = pricing.cost_usd(model, result.prompt_tokens, result.completion_tokens, result.cached_tokens)
+        cost = endpoint.cost_usd(request.model, result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         self.budget.settle(estimate, cost)
         self._record(
-            request_id, counter[0], result.status, http_status=result.http_status, content=result.content,
+            request.request_id, counter[0], result.status, http_status=result.http_status, content=result.content,
             finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens, cached_tokens=result.cached_tokens, cost_usd=cost,
             latency_s=round(result.latency_s, 4), error=result.error,
         )
-        s = self.stats
-        s.attempts += 1
-        s.prompt_tokens += result.prompt_tokens
-        s.completion_tokens += result.completion_tokens
-        s.cached_tokens += result.cached_tokens
-        s.cost_usd += cost
         if result.completion_tokens:  # the budget's estimate of an answer: the mean so far
             self.answers += 1
-            self.avg_completion = s.completion_tokens / self.answers
+            self.avg_completion = self.stats.completion_tokens / self.answers
         if result.headers:
-            self.limiter.observe_headers(result.headers)
+            endpoint.limiter.observe_headers(result.headers)
             self._size_wakeup_window()
         if result.status == "rate_limited":
-            self.limiter.penalize(result.retry_after_s if result.retry_after_s is not None else 1.0)
+            endpoint.limiter.penalize(result.retry_after_s if result.retry_after_s is not None else 1.0)
         if result.http_status in (401, 403):  # every other request would fail the same way
             raise AuthenticationFailed(
                 f"the API refused the key (HTTP {result.http_status}): {result.error}. "
@@ -198,10 +171,10 @@ class _Engine:
             )
         return result.status
 
-    async def _one(self, request: tuple[Any, ...]) -> None:
+    async def _one(self, request: LlmRequest) -> None:
         counter = [0]
         status = await self.retrying(self._attempt, request, counter)
-        self._count("final_by_status", status)
+        self.stats.final_by_status[status] = self.stats.final_by_status.get(status, 0) + 1
         if status == "ok":
             self.stats.done += 1
         else:
@@ -210,8 +183,9 @@ class _Engine:
     async def _produce(self, ids: Sequence[str], queue: asyncio.Queue) -> None:
         for i in range(0, len(ids), LOAD_CHUNK):
             chunk = ids[i : i + LOAD_CHUNK]
-            rows = await asyncio.to_thread(_load_pending, self.db_path, chunk)
-            self.stats.already_ok += len(chunk) - len(rows)
+            rows, held = await asyncio.to_thread(_load_pending, self.db_path, chunk)
+            self.stats.held_parse_error += held
+            self.stats.already_ok += len(chunk) - len(rows) - held
             if i == 0:  # sending starts now; the first load itself was not held to a window boundary
                 self._size_wakeup_window()
             for row in rows:
@@ -254,8 +228,7 @@ class _Engine:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await asyncio.to_thread(self.journal.close)
-            await self.sender.close()
-            await self.client.close()
+            await self.endpoint.close()
         self.stats.wall_s = time.monotonic() - started
         if on_progress is not None:
             on_progress(self.stats.model_copy(deep=True))
@@ -263,13 +236,42 @@ class _Engine:
 
 
 def _write_run(db_path: Path, row: RunRow) -> None:
-    with DB_LOCK, store.write(db_path) as con:
+    with store.write(db_path) as con:
         store.insert_rows(con, RunRow, [row], on_conflict="replace")
 
 
-def _run_params(config: GenerateConfig) -> dict[str, Any]:
-    # Never the API key: runs rows are readable by anyone with the database.
-    return config.model_dump(mode="json", exclude={"api_key"})
+def budget_id_of(config: GenerateConfig, run_id: str) -> str:
+    """The budget a run spends from: `config.budget_id`, else its own run id."""
+    return config.budget_id or run_id
+
+
+def start_run(db_path: Path, config: GenerateConfig, run_id: str) -> RunRow:
+    """Write the `runs` row of a starting generation run (online or batch) and return it."""
+    # Never the API key: runs rows are readable by anyone with the database. The budget id is
+    # always filled in: it is how later runs find the money this one spent.
+    params = config.model_dump(mode="json", exclude={"api_key"}) | {"budget_id": budget_id_of(config, run_id)}
+    run = RunRow(run_id=run_id, kind="generate", started_at=store.utcnow(), params=params)
+    _write_run(db_path, run)
+    return run
+
+
+def finish_run(db_path: Path, run: RunRow, stats: GenerateStats | None) -> None:
+    """Mark a run completed with its stats, or failed when `stats` is None."""
+    run.status, run.finished_at = ("completed" if stats is not None else "failed"), store.utcnow()
+    if stats is not None:
+        run.stats = stats.model_dump(mode="json")
+    _write_run(db_path, run)
+
+
+def check_budget_model(config: GenerateConfig) -> None:
+    """A cap needs a price for the model: refuse before anything is sent."""
+    if config.max_cost_usd is not None and not pricing.known(config.model):
+        raise ValueError(f"--max-cost-usd needs a price for model {config.model!r}: add it to {pricing.PRICES_FILE}")
+
+
+def new_run_id() -> str:
+    """A fresh run id."""
+    return store.stable_hash("generate", time.time_ns(), length=16)
 
 
 async def run_requests(
@@ -281,30 +283,23 @@ async def run_requests(
     on_progress: ProgressCallback | None = None,
     run_id: str | None = None,
 ) -> GenerateStats:
-    """Send every request among `request_ids` that lacks an `ok` response; returns the run's counts.
+    """Send every request among `request_ids` that lacks an `ok` response online; returns the run's counts.
 
     `limiter` is any `RateLimiter` (default: an in-process one from `config.rpm`/`config.tpm`,
     learning from headers). `on_progress` gets a stats snapshot at most every 0.5 s.
     """
     db = store.resolve_db(db_path)
-    if config.max_cost_usd is not None and not pricing.known(config.model):
-        raise ValueError(f"--max-cost-usd needs a price for model {config.model!r}: add it to {pricing.PRICES_FILE}")
-    run_id = run_id or store.stable_hash("generate", time.time_ns(), length=16)
+    check_budget_model(config)
+    run_id = run_id or new_run_id()
     limiter = limiter or LocalRateLimiter(config.rpm, config.tpm)
     await asyncio.to_thread(replay_orphans, db)
-    started_at = store.utcnow()
-    run = RunRow(run_id=run_id, kind="generate", started_at=started_at, params=_run_params(config))
-    await asyncio.to_thread(_write_run, db, run)
-    engine = _Engine(db, config, limiter, run_id)
+    run = await asyncio.to_thread(start_run, db, config, run_id)
+    stats: GenerateStats | None = None
     try:
-        stats = await engine.run(request_ids, on_progress)
-    except BaseException:
-        run.status, run.finished_at = "failed", store.utcnow()
-        await asyncio.to_thread(_write_run, db, run)
-        raise
-    run.status, run.finished_at = "completed", store.utcnow()
-    run.stats = stats.model_dump(mode="json")
-    await asyncio.to_thread(_write_run, db, run)
+        with shared_budget(db, budget_id_of(config, run_id), config.max_cost_usd) as budget:
+            stats = await _Engine(db, config, limiter, run_id, budget).run(request_ids, on_progress)
+    finally:
+        await asyncio.to_thread(finish_run, db, run, stats)
     return stats
 
 
@@ -317,26 +312,33 @@ def run_requests_sync(request_ids: Sequence[str], **kwargs: Any) -> GenerateStat
     return wakeups.run(run_requests(request_ids, **kwargs))
 
 
-def generate(
-    db_path: str | Path | None,
-    config: GenerateConfig,
+def send(
+    request_ids: Sequence[str],
     *,
+    db_path: str | Path | None = None,
+    config: GenerateConfig,
     limiter: RateLimiter | None = None,
     on_progress: ProgressCallback | None = None,
+    run_id: str | None = None,
 ) -> GenerateStats:
-    """Plan the missing requests for `config.types` / `config.limit` images, then send them."""
-    from tasks.prompting.plan import plan_requests
+    """Send the requests among `request_ids` that lack an `ok` answer, online or as batches (`config.mode`).
 
-    config = with_settings(config)
-    if config.api_key is None and config.base_url is None:
-        raise ValueError("no API key: set OPENAI_API_KEY (or --base-url for a local server that needs none)")
-    db = store.resolve_db(db_path)
-    plan = plan_requests(
-        db, sample_types=config.types, model=config.model, output_format=config.format,
-        limit_images=config.limit, temperature=config.temperature, max_tokens=config.max_tokens,
-    )
+    Either way every answer is journaled and stored the same way, a `runs` row is written and
+    `config.max_cost_usd` holds across the runs of `config.budget_id`. `limiter` applies online only.
+    """
     if config.mode == "batch":
-        from tasks.llm.batch import run_batch
+        from tasks.llm.batch import run_batch  # the batch module needs the sync openai client
 
-        return run_batch(db, plan.request_ids, config, on_progress=on_progress)
-    return run_requests_sync(plan.request_ids, db_path=db, config=config, limiter=limiter, on_progress=on_progress)
+        return run_batch(store.resolve_db(db_path), request_ids, config, on_progress=on_progress, run_id=run_id)
+    return run_requests_sync(request_ids, db_path=db_path, config=config, limiter=limiter,
+                             on_progress=on_progress, run_id=run_id)
+
+
+def __getattr__(name: str) -> Any:
+    # `generate` (plan, then send) knows sample types, so it lives outside the engine; this keeps
+    # `from tasks.llm.engine import generate` working without importing domain code with the engine.
+    if name == "generate":
+        from tasks.llm.generate import generate
+
+        return generate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

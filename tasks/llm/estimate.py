@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.samples import SAMPLE_TYPES
 from tasks import store
 from tasks.llm import pricing
 from tasks.prompting.plan import PlanResult
 
-# Expected completion tokens per sample type when the database has no answers yet to learn from
-# (LLaVA-Instruct-158K averages, rounded: conversations are the longest).
-DEFAULT_OUTPUT_TOKENS = {"conversation": 450, "detail_description": 200, "complex_reasoning": 300}
+# Expected completion tokens per sample type while the database has no answers to learn from.
+DEFAULT_OUTPUT_TOKENS = {name: t.default_output_tokens for name, t in SAMPLE_TYPES.items()}
 
 
 @dataclass

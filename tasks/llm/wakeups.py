@@ -62,6 +62,7 @@ class BatchingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
     def __init__(self, window_s: float = 0.0) -> None:
         super().__init__()
         self.window_s = window_s
+        self.batched_waits = 0  # waits that slept to a window boundary (each is one wake-up of the process)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         window = self.window_s
@@ -72,6 +73,7 @@ class BatchingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         while True:
             wake = (math.floor(now / window) + 1) * window  # the next window boundary, shared by all waits
             time.sleep(wake - now)
+            self.batched_waits += 1
             ready = super().select(0)
             now = time.monotonic()
             if ready or now >= deadline:
@@ -86,9 +88,14 @@ def new_event_loop(window_s: float = 0.0) -> asyncio.AbstractEventLoop:
     return loop
 
 
+def selector_for(loop: asyncio.AbstractEventLoop | None = None) -> BatchingSelector | None:
+    """The batching selector of the running (or given) loop; None when `new_event_loop` did not make it."""
+    return _selectors.get(loop or asyncio.get_running_loop())
+
+
 def set_window(window_s: float, loop: asyncio.AbstractEventLoop | None = None) -> bool:
     """Change the running (or given) loop's window; False when that loop was not made by `new_event_loop`."""
-    selector = _selectors.get(loop or asyncio.get_running_loop())
+    selector = selector_for(loop)
     if selector is None:
         return False
     selector.window_s = max(window_s, 0.0)

@@ -31,10 +31,6 @@ import duckdb
 from schemas.tables import ResponseRow
 from tasks import store
 
-# One lock for this process's DuckDB connections: two connections to one file in one process
-# must not overlap with different configurations, and flushes must not interleave.
-DB_LOCK = threading.Lock()
-
 
 def journal_dir(db_path: str | Path) -> Path:
     """The folder beside the database that holds the journals."""
@@ -121,7 +117,7 @@ def load_segments(paths: list[Path], db_path: str | Path) -> int:
     rows = [row for p in paths if p.exists() for row in read_segment(p)]
     new = 0
     if rows:
-        with DB_LOCK, store.write(db_path) as con:
+        with store.write(db_path) as con:
             new = store.insert_rows(con, ResponseRow, rows, on_conflict="ignore")
     for p in paths:
         p.unlink(missing_ok=True)

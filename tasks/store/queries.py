@@ -1,8 +1,9 @@
 """The store's questions about the work: what is done, what is pending. Defined once, here.
 
 Two levels, one rule:
-- a *request* (one exact LLM call) is answered once it has an `ok` response; the engine never
-  sends an answered request again (`unanswered`);
+- a *request* (one exact LLM call) is answered once it has an `ok` response, or a `parse_error`
+  one (our parser's bug: paying again would not fix it); the engine never sends an answered
+  request again (`unanswered`);
 - a *slot* (image, sample type, prompt version, model) is done when it has an accepted sample,
   when an answer awaits validation, or when its answers were rejected more than
   `max_regenerations` times; otherwise the plan sends (or re-sends) its next request
@@ -14,11 +15,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 
-from schemas.generation import LlmRequest
+from schemas.generation import CLOSED_BATCH_STATES, LlmRequest
 
 # One row per slot that has requests: how many of its answers were rejected, whether one was
 # accepted, and whether one still awaits validation. A view, so SQL users see the same numbers.
@@ -59,22 +60,39 @@ def slot_states(con: duckdb.DuckDBPyConnection, model: str) -> dict[tuple[int, s
     return {(r[0], r[1], r[2]): SlotState(bool(r[3]), int(r[4]), bool(r[5])) for r in rows}
 
 
-def unanswered(con: duckdb.DuckDBPyConnection, ids: Sequence[str]) -> tuple[list[LlmRequest], list[str]]:
-    """The requests among `ids` without an `ok` response (in the given order), and the ids not in `requests`."""
+class Unanswered(NamedTuple):
+    """What `unanswered` found among the ids it was given."""
+
+    requests: list[LlmRequest]  # to send, in the order given
+    missing: list[str]  # ids that are not in `requests`: plan them first
+    held: list[str]  # answered, but our own parser raised (`parse_error`): re-sending would not fix it
+
+
+def unanswered(con: duckdb.DuckDBPyConnection, ids: Sequence[str], *, skip_open_batches: bool = False) -> Unanswered:
+    """The requests among `ids` that still need an answer: no `ok` and no `parse_error` response.
+
+    With `skip_open_batches`, requests waiting in an open Batch API job are left out too (they are
+    paid for already; the batch's results will answer them).
+    """
+    closed = ", ".join(f"'{state}'" for state in CLOSED_BATCH_STATES)
+    in_open_batch = (
+        "EXISTS (SELECT 1 FROM batches b, unnest(CAST(b.request_ids AS VARCHAR[])) AS u(rid) "
+        f"WHERE b.status NOT IN ({closed}) AND u.rid = q.request_id)" if skip_open_batches else "false")
     rows = con.execute(
         "SELECT request_id, kind, model, messages, params, est_input_tokens, "
-        "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'ok') "
-        "FROM requests q WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+        "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'ok'), "
+        "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'parse_error'), "
+        f"{in_open_batch} FROM requests q WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
         [list(ids)],
     ).fetchall()
     known = {r[0] for r in rows}
-    missing = [i for i in ids if i not in known]
     order = {rid: i for i, rid in enumerate(ids)}
-    pending = [
-        LlmRequest(r[0], r[1], r[2], _json(r[3]), _json(r[4]), r[5])
-        for r in sorted(rows, key=lambda r: order[r[0]]) if not r[6]
-    ]
-    return pending, missing
+    rows.sort(key=lambda r: order[r[0]])
+    return Unanswered(
+        requests=[LlmRequest(r[0], r[1], r[2], _json(r[3]), _json(r[4]), r[5]) for r in rows if not any(r[6:])],
+        missing=[i for i in ids if i not in known],
+        held=[r[0] for r in rows if r[7] and not r[6]],
+    )
 
 
 def _json(value: Any) -> Any:
