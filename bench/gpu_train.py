@@ -10,6 +10,11 @@ input gradients (always needed: the projector trains), +2N_trainable for weight 
     python bench/gpu_train.py                 # H100/H200, < 8 min
     python bench/gpu_train.py --tiny          # CPU smoke run of the same code, seconds
     python bench/gpu_train.py --only stage1 --compile --stage1-checkpointing off --stage1-batch 6 --warmup 3
+    python bench/gpu_train.py --only stage1 --vision clip siglip   # CLIP-336 vs SigLIP-so400m-384, one run
+
+`--vision` picks the tower(s): `clip` is CLIP ViT-L/14-336 (577 tokens, CLS dropped: 576 image tokens), `siglip`
+is SigLIP so400m-patch14-384 (729 tokens, no CLS, no pooling head: 729 image tokens), both random. Each row runs at
+the same `--seq-len`, so a SigLIP sample carries 153 fewer text tokens.
 
 `--compile` compiles each decoder layer with `training.compile.compile_layers` (what `compile=true` does in
 the loop); the warmup steps absorb the compile time. Stage 1 checkpoints activations when the loop would
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import resource
@@ -30,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
 
 from training.compile import compile_layers
 from training.config import TrainConfig
@@ -38,6 +44,7 @@ from training.loop import disable_kv_cache, enable_checkpointing
 from training.lora import apply_lora
 from training.model import PROJECTOR_ACT, load_model
 from training.stages import freeze_backbones
+from training.vision import VISION_TOWERS
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense, per GPU
 
@@ -47,6 +54,7 @@ class Result:
     """One row of the table."""
 
     config: str
+    vision: str
     micro_batch: int
     seq_len: int
     samples_per_s: float
@@ -57,17 +65,37 @@ class Result:
     note: str = ""
 
 
-def model_configs(tiny: bool, projector: str) -> tuple[LlavaConfig, int]:
-    """(Llava config, image size): Vicuna-7B + CLIP ViT-L/14-336, or a tiny pair for CPU checks."""
+def vision_config(tiny: bool, kind: str) -> CLIPVisionConfig | SiglipVisionConfig:
+    """CLIP ViT-L/14-336 or SigLIP so400m-patch14-384 (as LLaVA-style models load it: no pooling head)."""
     if tiny:
-        vision = CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
+        shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
+        shape.update(image_size=32, patch_size=8)
+        return CLIPVisionConfig(**shape) if kind == "clip" else SiglipVisionConfig(**shape, vision_use_head=False)
+    if kind == "clip":
+        return CLIPVisionConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
         )
+    return SiglipVisionConfig(
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=27,
+        num_attention_heads=16,
+        image_size=384,
+        patch_size=14,
+        vision_use_head=False,
+    )
+
+
+def model_configs(tiny: bool, projector: str, vision_kind: str = "clip") -> tuple[LlavaConfig, int]:
+    """(Llava config, image size): Vicuna-7B + CLIP ViT-L/14-336 or SigLIP-384, or a tiny pair for CPU checks."""
+    vision = vision_config(tiny, vision_kind)
+    if tiny:
         text = LlamaConfig(
             vocab_size=1000,
             hidden_size=128,
@@ -78,15 +106,6 @@ def model_configs(tiny: bool, projector: str) -> tuple[LlavaConfig, int]:
             tie_word_embeddings=False,
         )
     else:
-        vision = CLIPVisionConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=336,
-            patch_size=14,
-            projection_dim=768,
-        )
         text = LlamaConfig(
             vocab_size=32000,
             hidden_size=4096,
@@ -98,7 +117,8 @@ def model_configs(tiny: bool, projector: str) -> tuple[LlavaConfig, int]:
             rms_norm_eps=1e-5,
             tie_word_embeddings=False,
         )
-    image_tokens = (vision.image_size // vision.patch_size) ** 2
+    tower = VISION_TOWERS[vision.model_type]
+    image_tokens = tower.image_tokens(vision, tower.select_strategy)  # the registry's rule, as training uses
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -106,7 +126,7 @@ def model_configs(tiny: bool, projector: str) -> tuple[LlavaConfig, int]:
         image_seq_length=image_tokens,
         projector_hidden_act=PROJECTOR_ACT[projector],
         vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=tower.select_strategy,
     )
     return config, vision.image_size
 
@@ -158,8 +178,9 @@ def flops_per_sample(
     attention_fwd = 4 * text.num_hidden_layers * seq_len * text.hidden_size  # per token
     llm = seq_len * (2 * llm_params + attention_fwd) * 2  # forward + input gradients
     llm += seq_len * 2 * llm_trainable + (seq_len * attention_fwd if llm_trainable else 0)
-    patches = (config.vision_config.image_size // config.vision_config.patch_size) ** 2 + 1
-    return llm + 2 * vision_params * patches
+    vision = config.vision_config
+    tokens = (vision.image_size // vision.patch_size) ** 2 + VISION_TOWERS[vision.model_type].prefix_tokens
+    return llm + 2 * vision_params * tokens
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
@@ -203,6 +224,7 @@ def measure(name, model, config, image_size, batch, seq_len, device, steps, warm
     del optimizer
     return Result(
         name,
+        config.vision_config.model_type.removesuffix("_vision_model"),
         batch,
         seq_len,
         samples_per_s,
@@ -230,7 +252,8 @@ def run_config(name, build, args, config, image_size, device, dtype, peak) -> Re
             name, model, config, image_size, batch, args.seq_len, device, args.steps, args.warmup, peak, dtype
         )
     except torch.OutOfMemoryError as error:
-        return Result(name, 0, args.seq_len, 0, 0, 0, None, None, f"OOM: {str(error)[:60]}")
+        vision = config.vision_config.model_type.removesuffix("_vision_model")
+        return Result(name, vision, 0, args.seq_len, 0, 0, 0, None, None, f"OOM: {str(error)[:60]}")
     finally:
         free(device)
 
@@ -240,6 +263,13 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny models on CPU: checks the script, no real figures")
     parser.add_argument("--seq-len", type=int, default=None, help="default 2048 (128 with --tiny)")
     parser.add_argument("--projector", choices=["linear", "mlp2x_gelu"], default="mlp2x_gelu")
+    parser.add_argument(
+        "--vision",
+        nargs="+",
+        choices=["clip", "siglip"],
+        default=["clip"],
+        help="vision tower(s): CLIP ViT-L/14-336 and/or SigLIP so400m-384; each gets its own rows",
+    )
     parser.add_argument("--stage1-batch", type=int, default=4)
     parser.add_argument("--full-batch", type=int, default=4)
     parser.add_argument("--qlora-batch", type=int, default=2)
@@ -264,7 +294,6 @@ def main() -> None:
     args.seq_len = args.seq_len or (128 if args.tiny else 2048)
     if args.tiny:
         torch.set_num_threads(1)
-    config, image_size = model_configs(args.tiny, args.projector)
     peak = peak_tflops(device, args.peak_tflops)
     defaults = TrainConfig()
     stage1, stage2 = defaults.stage("stage1"), defaults.stage("stage2")
@@ -279,7 +308,7 @@ def main() -> None:
             compiled_layers[name] = compile_layers(model, args.compile_backend)
         return model
 
-    def build_stage1():
+    def build_stage1(config: LlavaConfig):
         model = random_model(config, device, dtype)
         if stage1_checkpointing:
             enable_checkpointing(model)
@@ -289,13 +318,13 @@ def main() -> None:
                 p.data = p.data.float()  # the projector trains in fp32 under bf16 autocast, as in the loop
         return compiled(model, "stage1"), args.stage1_batch
 
-    def build_full():
+    def build_full(config: LlavaConfig):
         model = random_model(config, device, dtype)
         enable_checkpointing(model)
         freeze_backbones(model, stage2.train, "full")  # bf16 weights + bf16 AdamW state: fits one 80 GB GPU
         return compiled(model, "stage2-full"), args.full_batch
 
-    def build_qlora():
+    def build_qlora(config: LlavaConfig):
         base_dir = args.workdir / "vistune-bench-qlora-base"
         model = random_model(config, device, dtype)
         model.save_pretrained(base_dir)
@@ -317,24 +346,29 @@ def main() -> None:
         "stage2-qlora": "ckpt on",
     }
     results = []
-    for name in args.only:
-        started = time.perf_counter()
-        result = run_config(name, builders[name], args, config, image_size, device, dtype, peak)
-        compile_note = f", compile {args.compile_backend}" if compiled_layers.get(name) else ""
-        result.note += f"; {settings[name]}{compile_note}; {time.perf_counter() - started:.0f}s"
-        results.append(result)
-        print(json.dumps(asdict(result)), flush=True)
+    for vision in args.vision:
+        config, image_size = model_configs(args.tiny, args.projector, vision)
+        for name in args.only:
+            started = time.perf_counter()
+            compiled_layers.pop(name, None)
+            build = functools.partial(builders[name], config)
+            result = run_config(name, build, args, config, image_size, device, dtype, peak)
+            compile_note = f", compile {args.compile_backend}" if compiled_layers.get(name) else ""
+            result.note += f"; {config.image_seq_length} image tokens; {settings[name]}{compile_note}"
+            result.note += f"; {time.perf_counter() - started:.0f}s"
+            results.append(result)
+            print(json.dumps(asdict(result)), flush=True)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (--tiny: not real figures)"
     print(f"\n{where}, seq len {args.seq_len}, peak {peak or 'unknown'} TFLOP/s")
-    print("| config | micro-batch | samples/s | tokens/s | TFLOP/s | MFU | peak GiB | note |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| config | vision | micro-batch | samples/s | tokens/s | TFLOP/s | MFU | peak GiB | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "n/a"
         mem = f"{r.peak_mem_gib:.1f}" if r.peak_mem_gib is not None else "n/a"
         print(
-            f"| {r.config} | {r.micro_batch} | {r.samples_per_s:.2f} | {r.tokens_per_s:.0f} | {r.tflops:.1f} | "
-            f"{mfu} | {mem} | {r.note} |"
+            f"| {r.config} | {r.vision} | {r.micro_batch} | {r.samples_per_s:.2f} | {r.tokens_per_s:.0f} | "
+            f"{r.tflops:.1f} | {mfu} | {mem} | {r.note} |"
         )
     if device.type == "cpu":
         print(f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")

@@ -41,6 +41,7 @@ def test_cli_rejects_a_malformed_override(tmp_path):
 def test_shipped_recipe_holds_the_paper_defaults():
     cfg = load_config(CONFIGS / "llava_v1_7b.yaml")
     assert (cfg.projector, cfg.vision_feature_layer, cfg.vision_feature_select_strategy) == ("linear", -2, "default")
+    assert cfg.image_preprocessing == "crop"
     s1, s2 = cfg.stage("stage1"), cfg.stage("stage2")
     assert (s1.learning_rate, s1.batch_size, s1.epochs, s1.template) == (2e-3, 128, 1, "plain")
     assert (s2.learning_rate, s2.batch_size, s2.epochs, s2.template) == (2e-5, 32, 3, "vicuna_v1")
@@ -50,3 +51,24 @@ def test_shipped_recipe_holds_the_paper_defaults():
         assert deepspeed["zero_optimization"]["stage"] == stage
         launch = yaml.safe_load((CONFIGS / f"accelerate_zero{stage}.yaml").read_text())
         assert (REPO / launch["deepspeed_config"]["deepspeed_config_file"]).exists()
+
+
+def test_llava_v1_5_recipe_holds_table_9():
+    cfg = load_config(CONFIGS / "llava_v1_5_7b.yaml")
+    assert (cfg.vision_model, cfg.projector, cfg.image_preprocessing) == (
+        "openai/clip-vit-large-patch14-336",
+        "mlp2x_gelu",
+        "pad",
+    )
+    s1, s2 = cfg.stage("stage1"), cfg.stage("stage2")
+    assert (s1.learning_rate, s1.batch_size, s1.epochs, s1.template) == (1e-3, 256, 1, "plain")
+    assert (s2.learning_rate, s2.batch_size, s2.epochs, s2.template) == (2e-5, 128, 1, "vicuna_v1")
+    assert (s1.warmup_ratio, s1.weight_decay, s2.warmup_ratio, s2.weight_decay) == (0.03, 0.0, 0.03, 0.0)
+    assert s1.batch_size % s1.per_device_batch_size == 0 and s2.batch_size % s2.per_device_batch_size == 0
+
+
+@pytest.mark.parametrize("name", ["llava_v1_7b.yaml", "llava_v1_5_7b.yaml"])
+def test_every_recipe_value_carries_its_source(name):
+    for line in (CONFIGS / name).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and not line.rstrip().endswith(":"):
+            assert "# [" in line or "# (vistune)" in line, f"{name}: no source for {line.split('#')[0].strip()!r}"

@@ -97,3 +97,13 @@ def test_stage1_trains_a_siglip_llava(coco_images, tmp_path):
     model = LlavaForConditionalGeneration.from_pretrained(out / "final")
     assert type(model.model.vision_tower).__name__ == "SiglipVisionModel"
     assert model.config.vision_feature_select_strategy == "full" and model.config.image_seq_length == PATCHES
+
+
+def test_siglip2_naflex_is_refused_with_the_reason(tmp_path):
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    # A tiny NaFlex tower (model_type siglip2_vision_model): LlavaProcessor cannot count its variable patches.
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    Siglip2VisionModel(Siglip2VisionConfig(**tiny, patch_size=8)).save_pretrained(tmp_path / "naflex")
+    with pytest.raises(ValueError, match=r"NaFlex.*FixRes SigLIP 2 checkpoint"):
+        build_base_model(_config(tmp_path, tmp_path / "naflex"))

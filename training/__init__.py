@@ -1,8 +1,8 @@
 """LLaVA two-stage training on transformers' `LlavaForConditionalGeneration` (never imports Prefect).
 
 Read in this order: `config.py` (one config model, stage defaults), `vision.py` (vision towers by
-model_type), `model.py` (assemble or load the model and processor), `templates.py` + `data.py` (json ->
-token ids, labels, pixels), `sampler.py`, `stages.py` (what trains), `lora.py`, `loop.py` (the training
-loop), `checkpoint.py`, `metrics.py`, `merge.py`. `tiny.py` builds tiny random base models for tests and
-the demo.
+model_type), `preprocess.py` (resize / pad / crop), `model.py` (assemble or load the model and processor),
+`templates.py` + `data.py` (json -> token ids, labels, pixels), `sampler.py`, `stages.py` (what trains),
+`lora.py`, `loop.py` (the training loop), `checkpoint.py`, `metrics.py`, `merge.py`, `serving.py` (the
+`linear` projector in a form vLLM loads). `tiny.py` builds tiny random base models for tests and the demo.
 """

@@ -1,4 +1,4 @@
-"""`python -m training stage1|stage2|merge --config FILE [key=value ...]`."""
+"""`python -m training stage1|stage2|merge --config FILE [key=value ...]` or `convert-for-serving SRC DST`."""
 
 from training.cli import main
 

@@ -83,6 +83,11 @@ class TrainConfig(BaseModel):
     vision_feature_select_strategy: Literal["default", "full"] | None = Field(
         None, description="None follows the vision tower (training/vision.py): CLIP default (drop CLS), SigLIP full"
     )
+    image_preprocessing: Literal["resize", "pad", "crop"] | None = Field(
+        None,
+        description="non-square images: crop (CLIP's processor, the paper), resize (SigLIP's), pad (LLaVA-1.5); "
+        "None follows the tower's own processor (training/preprocess.py)",
+    )
     image_root: Path = Path(".")
     output_dir: Path = Path("runs/llava")
     model_max_length: int = 2048

@@ -26,6 +26,7 @@ from training.lora import apply_lora
 from training.metrics import MetricsLog, plot_loss
 from training.model import load_for_stage, resolve_dtype
 from training.sampler import ModalityLengthGroupedSampler
+from training.serving import warn_if_linear
 from training.stages import freeze_backbones, group_of
 
 log = logging.getLogger(__name__)
@@ -314,3 +315,4 @@ def _save_final(accelerator: Accelerator, model, processor, final: Path) -> None
         unwrapped.save_pretrained(final, state_dict=state, save_function=accelerator.save)
         processor.save_pretrained(final)
         save_file(projector_state(unwrapped), str(final / PROJECTOR_FILE))
+        warn_if_linear(unwrapped.config, final)

@@ -10,6 +10,7 @@ from transformers import AutoProcessor
 
 from training.config import TrainConfig
 from training.model import load_model, resolve_dtype
+from training.serving import warn_if_linear
 
 
 def merge(cfg: TrainConfig, dtype: torch.dtype | None = None) -> Path:
@@ -31,4 +32,5 @@ def merge(cfg: TrainConfig, dtype: torch.dtype | None = None) -> Path:
     out = cfg.merged_dir
     model.save_pretrained(out)
     AutoProcessor.from_pretrained(final).save_pretrained(out)
+    warn_if_linear(model.config, out)
     return out

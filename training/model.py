@@ -4,7 +4,8 @@ Projector choice: transformers' `LlavaMultiModalProjector` is always linear_1 ->
 `mlp2x_gelu` (LLaVA-1.5) is exactly that with GELU. `linear` (the paper) uses the `linear` (identity)
 activation and pins linear_2 to the identity (weight I, bias 0, never trained, see `stages.py`), so the
 map is one trained Linear while the checkpoint keeps the standard layout that `from_pretrained`,
-vLLM and other Llava loaders read. Cost: one extra hidden x hidden matmul per image token.
+transformers and SGLang load. vLLM has no `linear` activation: `training/serving.py` rewrites such a checkpoint
+exactly into a `relu` form it loads. Cost: one extra hidden x hidden matmul per image token.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from schemas.llava import IMAGE_PLACEHOLDER
 from training.config import StageConfig, TrainConfig
+from training.preprocess import image_processor_for, preprocessing_of
 from training.templates import vicuna_v1_chat_template
 from training.vision import VisionTower, select_strategy, vision_tower_of
 
@@ -42,7 +44,14 @@ QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_h
 
 def projector_type(config: LlavaConfig) -> str:
     """`linear` or `mlp2x_gelu`, read back from a Llava config."""
-    return "linear" if config.projector_hidden_act == "linear" else "mlp2x_gelu"
+    for kind, act in PROJECTOR_ACT.items():
+        if config.projector_hidden_act == act:
+            return kind
+    raise ValueError(
+        f"projector_hidden_act {config.projector_hidden_act!r} is not a projector vistune trains ({PROJECTOR_ACT}); "
+        "a checkpoint written by `python -m training convert-for-serving` is for serving only: train from the "
+        "checkpoint it was converted from"
+    )
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -71,11 +80,16 @@ def num_image_tokens(processor: LlavaProcessor) -> int:
     return count - 1 if processor.vision_feature_select_strategy == "default" else count
 
 
-def build_processor(cfg: TrainConfig, patch_size: int, tower: VisionTower | None = None) -> LlavaProcessor:
-    """Tokenizer of the LLM (+ `<image>` and a pad token) and image processor of the vision tower.
+def build_processor(
+    cfg: TrainConfig, patch_size: int, tower: VisionTower | None = None, image_size: int | None = None
+) -> LlavaProcessor:
+    """Tokenizer of the LLM (+ `<image>` and a pad token) and image processor of the vision tower, doing
+    `cfg.image_preprocessing` (unset: what the tower's own processor does) at the tower's `image_size`.
 
-    `tower` defaults to the registry entry of `cfg.vision_model`."""
+    `tower` defaults to the registry entry of `cfg.vision_model`, `image_size` to its config's."""
     tower = tower or vision_tower_of(cfg.vision_model)
+    if image_size is None:
+        image_size = tower.model_class.config_class.from_pretrained(cfg.vision_model).image_size
     tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
     extra: dict = {}
     if tokenizer.pad_token is None:
@@ -86,7 +100,8 @@ def build_processor(cfg: TrainConfig, patch_size: int, tower: VisionTower | None
         tokenizer.add_special_tokens(extra)
     tokenizer.model_max_length = cfg.model_max_length
     tokenizer.padding_side = "right"
-    image_processor = AutoImageProcessor.from_pretrained(cfg.vision_model)
+    mode = cfg.image_preprocessing or tower.native_preprocessing
+    image_processor = image_processor_for(AutoImageProcessor.from_pretrained(cfg.vision_model), mode, image_size)
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -116,13 +131,15 @@ def build_base_model(cfg: TrainConfig) -> tuple[LlavaForConditionalGeneration, L
     strategy = select_strategy(tower, cfg.vision_feature_select_strategy)
     vision = tower.load(cfg.vision_model, dtype, attention)
     llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype, attn_implementation=attention)
-    processor = build_processor(cfg, patch_size=vision.config.patch_size, tower=tower)
+    processor = build_processor(
+        cfg, patch_size=vision.config.patch_size, tower=tower, image_size=vision.config.image_size
+    )
     image_tokens = tower.image_tokens(vision.config, strategy)
     if num_image_tokens(processor) != image_tokens:
         raise ValueError(
             f"vision_model {cfg.vision_model}: its image processor yields {num_image_tokens(processor)} image tokens "
             f"but the tower ({vision.config.image_size} px, patch {vision.config.patch_size}) gives {image_tokens} "
-            "features; the processor's output size must equal the tower's image_size"
+            "features; check the tower's patch_size and the processor's options"
         )
     tokenizer = processor.tokenizer
     config = LlavaConfig(
@@ -188,4 +205,11 @@ def load_for_stage(cfg: TrainConfig, stage: StageConfig) -> tuple[LlavaForCondit
     )
     processor = AutoProcessor.from_pretrained(init)
     processor.tokenizer.model_max_length = cfg.model_max_length
+    wanted = cfg.image_preprocessing
+    if wanted is not None and preprocessing_of(processor.image_processor) != wanted:
+        # The config wins over the checkpoint's processor, and the stage saves the processor it trained with.
+        log.info("image_preprocessing: %s -> %s", preprocessing_of(processor.image_processor), wanted)
+        processor.image_processor = image_processor_for(
+            processor.image_processor, wanted, model.config.vision_config.image_size
+        )
     return model, processor

@@ -4,6 +4,12 @@ Each entry loads the vision-only model from a vision-only or a full (image + tex
 how many tokens the tower puts before its patches. Llava's `vision_feature_select_strategy` follows:
 `default` drops the one CLS token (CLIP, the paper's choice), `full` keeps every token (SigLIP has no CLS,
 so nothing is dropped). The image-token count is (image_size / patch_size)² + kept prefix tokens.
+
+SigLIP 2 comes in two forms. FixRes checkpoints (e.g. google/siglip2-so400m-patch14-384) publish
+`model_type: siglip` and the SigLIP v1 graph, so the `siglip` entry loads them. NaFlex checkpoints
+(`model_type: siglip2`) take a variable number of flattened patches plus `pixel_attention_mask` and
+`spatial_shapes`; transformers' `LlavaProcessor` counts image tokens from a fixed pixel height and width, so
+no stock Llava can run them. They are refused with that reason (`UNSUPPORTED`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ class VisionTower:
     name: str
     model_class: type[PreTrainedModel]  # its `from_pretrained` reads vision-only and full checkpoints alike
     prefix_tokens: int  # tokens before the patches (CLIP: CLS); 0 means there is nothing to drop
+    native_preprocessing: str  # what the tower's own image processor does (`training/preprocess.py` names)
+    load_kwargs: tuple[tuple[str, object], ...] = ()  # config overrides when loading (see SIGLIP)
 
     @property
     def select_strategy(self) -> str:
@@ -30,7 +38,9 @@ class VisionTower:
 
     def load(self, path: str | Path, dtype: torch.dtype, attention: str) -> PreTrainedModel:
         """The vision-only model from a vision-only or full checkpoint (path or hub id)."""
-        return self.model_class.from_pretrained(path, dtype=dtype, attn_implementation=attention)
+        return self.model_class.from_pretrained(
+            path, dtype=dtype, attn_implementation=attention, **dict(self.load_kwargs)
+        )
 
     def image_tokens(self, config: PreTrainedConfig, strategy: str) -> int:
         """Features per image that a Llava with this tower and `strategy` hands to the LLM."""
@@ -39,8 +49,16 @@ class VisionTower:
         return patches + kept
 
 
-CLIP = VisionTower("clip", CLIPVisionModel, prefix_tokens=1)
-SIGLIP = VisionTower("siglip", SiglipVisionModel, prefix_tokens=0)
+CLIP = VisionTower("clip", CLIPVisionModel, prefix_tokens=1, native_preprocessing="crop")
+# Llava reads hidden states only: SigLIP's attention-pooling head would run on every image and be saved for
+# nothing, so it is not loaded (as in llava-onevision's SigLIP config).
+SIGLIP = VisionTower(
+    "siglip",
+    SiglipVisionModel,
+    prefix_tokens=0,
+    native_preprocessing="resize",
+    load_kwargs=(("vision_use_head", False),),
+)
 
 # Keyed by `model_type`: the vision-only config's and the full model's (whose vision half is loaded).
 VISION_TOWERS: dict[str, VisionTower] = {
@@ -51,8 +69,19 @@ VISION_TOWERS: dict[str, VisionTower] = {
 }
 
 
+_NAFLEX = (
+    "SigLIP 2 NaFlex takes variable-length flattened patches (pixel_attention_mask, spatial_shapes) that "
+    "transformers' LlavaProcessor and Llava loaders do not produce; use a FixRes SigLIP 2 checkpoint "
+    "(model_type siglip, e.g. google/siglip2-so400m-patch14-384)"
+)
+# Known families that cannot be registered, with the reason the error gives.
+UNSUPPORTED: dict[str, str] = {"siglip2": _NAFLEX, "siglip2_vision_model": _NAFLEX}
+
+
 def vision_tower(model_type: str | None) -> VisionTower:
-    """The registry entry for a `model_type`; the error lists the registered ones."""
+    """The registry entry for a `model_type`; the error lists the registered ones (or says why it cannot be one)."""
+    if model_type in UNSUPPORTED:
+        raise ValueError(f"vision tower model_type {model_type!r} is not supported: {UNSUPPORTED[model_type]}")
     if model_type not in VISION_TOWERS:
         raise ValueError(
             f"vision tower model_type {model_type!r} is not registered; registered: {sorted(VISION_TOWERS)} "
