@@ -1,4 +1,5 @@
-"""The `curate` flow: validate -> dedup -> export -> report, with the report shown in the Prefect UI."""
+"""The `curate` flow: the pipeline's curate steps (`tasks.pipeline.CURATE`: validate -> dedup -> export ->
+report), each unit a Prefect task, with the report shown in the Prefect UI."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from flows.runner import PrefectRunner
 from schemas.flow_params import CurateParams
-from tasks import prefect_tasks
-from tasks.curation.export import default_image_root
+from tasks import pipeline
 from tasks.store import resolve_db
 
 REPORT_KEY = "dataset-report"
@@ -35,16 +36,11 @@ def publish_report(report: Any, export_dir: Path) -> None:
 def curate_flow(params: CurateParams | None = None) -> dict[str, Any]:
     """Validate pending responses, drop duplicates, export the dataset and publish the report."""
     params = params or CurateParams()
-    logger = get_run_logger()
-    db = str(resolve_db(params.db_path))
+    db = resolve_db(params.db_path)
     export_dir = Path(params.export_dir).resolve()
-    validated = prefect_tasks.validate(db)
-    logger.info("validation: %s", validated)
-    deduped = prefect_tasks.dedup(db, params.dedup_threshold, params.dedup_scope)
-    logger.info("dedup: %s", deduped)
-    image_root = params.image_root or str(default_image_root(db))
-    exported = prefect_tasks.export(db, str(export_dir), image_root, params.seed)
-    logger.info("export to %s: %s", export_dir, exported)
-    report = prefect_tasks.report(db, str(export_dir))
-    publish_report(report, export_dir)
-    return {"validate": validated, "dedup": deduped, "export": exported, "export_dir": str(export_dir)}
+    params = params.model_copy(update={"export_dir": str(export_dir)})
+    ctx = pipeline.Context(db=db, runner=PrefectRunner(get_run_logger()))
+    done = pipeline.run_steps(pipeline.CURATE, params, ctx)
+    publish_report(done["report"], export_dir)
+    return {"validate": done["validate"], "dedup": done["dedup"], "export": done["export"],
+            "export_dir": str(export_dir)}

@@ -3,7 +3,8 @@
 Ingest -> generate (against the simulator when no endpoint is configured) -> validate -> dedup ->
 export -> report -> stage-1 and stage-2 training of a tiny random model.
 
-By default the demo calls the plain task functions directly, the same ones the Prefect flows wrap:
+By default the demo runs the pipeline's steps (`tasks.pipeline`) in this process, the same steps the
+Prefect flows run:
 a first run then needs no Prefect server (a temporary one takes ~20 s to start here) and leaves no
 Prefect state behind. `--prefect` runs the same steps as the `pipeline` flow instead (on
 PREFECT_API_URL's server, else a temporary local one), so its runs and artifacts show in the UI.
@@ -21,7 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from schemas.generation import GenerateConfig, GenerateStats
+from schemas.flow_params import CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
+from schemas.generation import GenerateStats
 from schemas.settings import get_settings
 from tasks import store
 from tasks.curation.export import default_image_root
@@ -93,11 +95,14 @@ def progress_bar(console: Console) -> tuple[Progress, Callable[[GenerateStats], 
     return bar, on_progress
 
 
-def prepare_training(work: Path, export_dir: Path, image_root: str, captions: list[str]) -> Path:
-    """Tiny random CLIP + Llama base models and a config pointing at the demo's exports."""
+def prepare_training(
+    work: Path, export_dir: Path, image_root: str, captions: list[str], vision_tower: str = "clip"
+) -> Path:
+    """Tiny random vision tower (`vision_tower`: clip or siglip) + Llama base models and a config pointing at the
+    demo's exports."""
     from training.tiny import build_tiny_base_models, write_tiny_config
 
-    vision, llm = build_tiny_base_models(work / "base", texts=captions)
+    vision, llm = build_tiny_base_models(work / "base", texts=captions, vision=vision_tower)
     return write_tiny_config(
         work / "train.yaml", vision, llm, image_root=image_root, output_dir=work / "runs",
         stage1={"data": str(export_dir / "llava_pretrain.json")},
@@ -116,6 +121,7 @@ def run_demo(
     train: bool = True,
     fresh: bool = False,
     use_prefect: bool = False,
+    vision: str = "clip",
 ) -> DemoResult:
     """Run every step; returns where the database, dataset, report and checkpoint are."""
     started = time.monotonic()
@@ -130,12 +136,14 @@ def run_demo(
         if max_cost_usd is None and not where.startswith("simulator") and pricing.known(model):
             max_cost_usd = DEFAULT_REAL_BUDGET_USD
             console.print(f"Spending at most ${max_cost_usd:.2f} (--max-cost-usd to change).")
-        config = GenerateConfig(model=model, base_url=base_url, limit=limit_images, max_cost_usd=max_cost_usd,
-                                concurrency=16)
-        if use_prefect:
-            checkpoint = _run_with_prefect(console, coco_dir, splits, db, export_dir, work, config, train)
-        else:
-            checkpoint = _run_plain(console, coco_dir, splits, db, export_dir, work, config, train)
+        params = PipelineParams(
+            ingest=IngestParams(coco_dir=str(coco_dir), splits=splits, db_path=str(db)),
+            generate=GenerateParams(db_path=str(db), model=model, base_url=base_url, limit_images=limit_images,
+                                    max_cost_usd=max_cost_usd, concurrency=16),
+            curate=CurateParams(db_path=str(db), export_dir=str(export_dir)),
+        )
+        run = _run_with_prefect if use_prefect else _run_plain
+        checkpoint = run(console, params, db, work, train, vision)
     return DemoResult(db=db, export_dir=export_dir, report=export_dir / "report.md", checkpoint=checkpoint,
                       endpoint=where, seconds=time.monotonic() - started)
 
@@ -144,72 +152,53 @@ def _captions(db: Path) -> list[str]:
     return [r["caption"] for r in store.query("SELECT caption FROM captions", path=db)]
 
 
-def _train_plain(console: Console, db: Path, export_dir: Path, work: Path) -> Path:
-    from tasks.train_launch import launch_training
-
-    image_root = str(default_image_root(db))
-    config = prepare_training(work, export_dir, image_root, _captions(db))
-    for stage in ("stage1", "stage2"):
-        console.rule(f"training {stage} (tiny random model, CPU)")
-        launch_training(stage, config, on_line=lambda line: _show_training_line(console, line))
-    return work / "runs" / "stage2" / "final"
-
-
 def _show_training_line(console: Console, line: str) -> None:
     if "it/s]" not in line and "s/it]" not in line:  # skip tqdm bars of weight loading / saving
         console.print(f"  {line}", style="dim", highlight=False, soft_wrap=True)
 
 
-def _run_plain(console: Console, coco_dir: Path, splits: list[str], db: Path, export_dir: Path, work: Path,
-               config: GenerateConfig, train: bool) -> Path | None:
-    from tasks.curation.dedup import dedup
-    from tasks.curation.export import export
-    from tasks.curation.report import build_report
-    from tasks.curation.validate import validate_pending
-    from tasks.ingest.coco import ingest
-    from tasks.llm.engine import generate
+def _run_plain(
+    console: Console, params: PipelineParams, db: Path, work: Path, train: bool, vision: str = "clip"
+) -> Path | None:
+    """`tasks.pipeline.STEPS` in this process, the bar showing generation."""
+    from tasks import pipeline
 
-    for split in splits:
-        stats = ingest(coco_dir, split, db)
-        console.print(f"ingest {split}: {stats.images} images, new rows {stats.added}")
     bar, on_progress = progress_bar(console)
+    ctx = pipeline.Context(db=db, runner=pipeline.Runner(
+        log=lambda line: console.print(line, highlight=False),
+        warn=lambda line: console.print(f"[yellow]warning:[/yellow] {line}", highlight=False),
+        on_progress=on_progress))
+    pipeline.run_steps([pipeline.Ingest], params, ctx)
     with bar:
-        gen = generate(db, config, on_progress=on_progress)
-    console.print(f"generate: {gen.done} new good responses, {gen.failed} failed, {gen.attempts} calls, "
-                  f"${gen.cost_usd:.4f}" if gen.requests else "generate: nothing new to send (rerun: all answered)")
+        gen = pipeline.Generate.run(ctx, params.generate)
     if problem := gen.all_failed():
         raise DemoError(problem)
-    checked = validate_pending(db)
-    console.print(f"validate: {checked.checked} checked -> {checked.samples} samples, {checked.rejected} rejected "
-                  f"{checked.reject_codes or ''}")
-    deduped = dedup(db)
-    console.print(f"dedup: {deduped.exact_duplicates} exact + {deduped.near_duplicates} near duplicates, "
-                  f"{deduped.survivors} samples kept")
-    image_root = str(default_image_root(db))
-    exported = export(db, export_dir, image_root)
-    console.print(f"export: {exported.counts} records in {export_dir}")
-    build_report(db, export_dir)
-    return _train_plain(console, db, export_dir, work) if train else None
-
-
-def _run_with_prefect(console: Console, coco_dir: Path, splits: list[str], db: Path, export_dir: Path, work: Path,
-                      config: GenerateConfig, train: bool) -> Path | None:
-    from flows.pipeline import pipeline_flow
-    from schemas.flow_params import CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
-
-    params = PipelineParams(
-        ingest=IngestParams(coco_dir=str(coco_dir), splits=splits, db_path=str(db)),
-        generate=GenerateParams(db_path=str(db), model=config.model, base_url=config.base_url,
-                                limit_images=config.limit, max_cost_usd=config.max_cost_usd, concurrency=16),
-        curate=CurateParams(db_path=str(db), export_dir=str(export_dir)),
+    pipeline.run_steps(pipeline.CURATE, params, ctx)
+    if not train:
+        return None
+    config = prepare_training(
+        work, Path(params.curate.export_dir), str(default_image_root(db)), _captions(db), vision
     )
+    ctx.runner = pipeline.Runner(log=lambda line: _show_training_line(console, line))
+    console.rule("training stage 1 and stage 2 (tiny random model, CPU)")
+    pipeline.Train.run(ctx, TrainParams(config=str(config)))
+    return work / "runs" / "stage2" / "final"
+
+
+def _run_with_prefect(
+    console: Console, params: PipelineParams, db: Path, work: Path, train: bool, vision: str = "clip"
+) -> Path | None:
+    """The same steps as the `pipeline` and `train` flows (runs and artifacts in the Prefect UI)."""
+    from flows.pipeline import pipeline_flow
+
     pipeline_flow(params)
     if not train:
         return None
     from flows.train import train_flow
 
     image_root = str(default_image_root(db))
-    train_flow(TrainParams(config=str(prepare_training(work, export_dir, image_root, _captions(db)))))
+    config = prepare_training(work, Path(params.curate.export_dir), image_root, _captions(db), vision)
+    train_flow(TrainParams(config=str(config)))
     return work / "runs" / "stage2" / "final"
 
 

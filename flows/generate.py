@@ -1,136 +1,94 @@
-"""The `generate` flow: plan -> shards -> one Prefect task per shard, shards running concurrently.
+"""The `generate` flow: the pipeline's generate step (`tasks.pipeline.Generate`) run under Prefect.
 
-Never one task per request (DESIGN.md: ~14 ms of Prefect bookkeeping each, and the server
-drops events at 10K tasks). A shard of hundreds of requests runs them concurrently with asyncio
-inside `tasks.llm.engine.run_requests_sync`; Prefect retries a failed shard, and the engine skips
-what the failed attempt already answered. Incremental by construction: the plan only holds
-requests without a good response, so the nightly schedule sends only what is new.
+The step runs rounds of plan -> send -> validate (rejected answers planned again as regenerations);
+`flows.runner.PrefectRunner` sends each round as one Prefect task per shard, shards running
+concurrently, never one task per request (DESIGN.md: ~14 ms of Prefect bookkeeping each). Prefect
+retries a failed shard, and the engine skips what the failed attempt already answered. Incremental
+by construction: the plan only holds requests without a good response, so the nightly schedule
+sends only what is new. `max_cost_usd` is one budget for the whole flow run (`budget_id` = the
+flow run's id), shared by every shard and round.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.runtime import flow_run
 from pydantic import SecretStr
 
 from flows.progress import GenerationProgress
+from flows.runner import PrefectRunner, ShardsFailed, build_limiter, build_task_runner
 from schemas.flow_params import GenerateParams
-from schemas.generation import GenerateConfig, GenerateStats
+from schemas.generation import GenerateStats
 from schemas.settings import get_settings
-from tasks import prefect_tasks
-from tasks.llm.shared_limiter import SharedRateLimiter
-from tasks.prompting.plan import shard
+from tasks import pipeline
 from tasks.store import resolve_db
 
-
-def build_task_runner(kind: str, max_workers: int) -> TaskRunner[Any]:
-    """Threads with a bounded pool (default) or a local Dask cluster (`pip install 'vistune[dask]'`)."""
-    if kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=max_workers)
-    if kind == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError as exc:
-            raise RuntimeError("task_runner='dask' needs prefect-dask: pip install 'vistune[dask]'") from exc
-        return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers, "threads_per_worker": 1})
-    raise ValueError(f"unknown task_runner {kind!r}: use 'threads' or 'dask'")
+__all__ = ["ShardsFailed", "build_limiter", "build_task_runner", "generate_flow", "resolve_api_key"]
+_log = logging.getLogger(__name__)
 
 
-def resolve_api_key(secret_block: str | None) -> SecretStr | None:
+class SecretBlockError(RuntimeError):
+    """The Prefect Secret block with the API key exists but could not be read."""
+
+
+def resolve_api_key(secret_block: str | None, logger: Any = None) -> SecretStr | None:
     """OPENAI_API_KEY if set, else the Prefect Secret block named by the parameter or the
-    `prefect_secret_block` setting, else None (fine for local servers such as the simulator)."""
+    `prefect_secret_block` setting, else None (fine for local servers such as the simulator).
+
+    A block that does not exist means "no key" (with a warning naming the block); any other
+    failure (server unreachable, a value that is not a string) raises `SecretBlockError`.
+    """
+    logger = logger or _log
     settings = get_settings()
     if settings.openai_api_key is not None:
         return settings.openai_api_key
     block_name = secret_block or settings.prefect_secret_block
+    import prefect.exceptions
+    from prefect.blocks.system import Secret
+
     try:
-        from prefect.blocks.system import Secret
-
-        return SecretStr(str(Secret.load(block_name).get()))
-    except (ValueError, ImportError):  # no such block: run without a key
+        block = Secret.load(block_name)
+    except ValueError as exc:
+        # Prefect raises ValueError from ObjectNotFound for a missing block; other ValueErrors (a
+        # document that does not validate as a Secret) are real failures.
+        if not isinstance(exc.__cause__, prefect.exceptions.ObjectNotFound):
+            raise SecretBlockError(f"the Prefect Secret block {block_name!r} could not be loaded: {exc}") from exc
+        logger.warning("no OPENAI_API_KEY and no Prefect Secret block %r: sending without an API key "
+                       "(fine for a local server; set OPENAI_API_KEY or create the block for a real endpoint)",
+                       block_name)
         return None
-
-
-def build_limiter(params: GenerateParams, db: Path) -> SharedRateLimiter | None:
-    """One bucket file shared by every shard, thread and worker process on this machine."""
-    if params.rpm is None and params.tpm is None:
-        return None  # each shard's engine learns the limits from the server's headers
-    path = Path(params.limiter_path) if params.limiter_path else db.with_suffix(".ratelimit.sqlite")
-    return SharedRateLimiter(path, rpm=params.rpm, tpm=params.tpm, name=f"{params.base_url or 'openai'}|{params.model}")
-
-
-def generate_config(params: GenerateParams) -> GenerateConfig:
-    """The engine's config from the flow's parameters (the API key never enters the parameters)."""
-    return GenerateConfig(
-        model=params.model,
-        base_url=params.base_url or get_settings().openai_base_url,
-        api_key=resolve_api_key(params.secret_block),
-        format=params.output_format,
-        mode=params.mode,
-        batch_poll_s=params.batch_poll_s,
-        concurrency=params.concurrency,
-        rpm=params.rpm,
-        tpm=params.tpm,
-        max_cost_usd=params.max_cost_usd,
-        timeout=params.timeout_s,
-        max_attempts=params.max_attempts,
-        types=list(params.sample_types),
-        limit=params.limit_images,
-    )
-
-
-def _run_shards(
-    params: GenerateParams, db: Path, config: GenerateConfig, shards: list[list[str]], progress: GenerationProgress
-) -> None:
-    """One task per shard on the chosen task runner; each shard reports its snapshots to `progress`."""
-    limiter = build_limiter(params, db)
-    shard_task = prefect_tasks.generate_shard.with_options(retries=params.shard_retries)
-    in_process = params.task_runner == "threads"  # a callback cannot cross into Dask worker processes
-    with build_task_runner(params.task_runner, params.max_workers) as runner:
-        futures = {}
-        for index, ids in enumerate(shards):
-            on_progress = (lambda stats, i=index: progress.report(i, stats)) if in_process else None
-            future = runner.submit(shard_task, parameters={
-                "request_ids": ids, "db_path": str(db), "config": config, "limiter": limiter,
-                "on_progress": on_progress,
-            })
-            futures[future] = index
-        for future in as_completed(list(futures)):
-            progress.report(futures[future], future.result())
+    except Exception as exc:  # server unreachable, auth, ...: do not silently run without the key
+        raise SecretBlockError(
+            f"could not read the Prefect Secret block {block_name!r} ({type(exc).__name__}: {exc}). Check "
+            "PREFECT_API_URL and the server, or set OPENAI_API_KEY in the worker's environment instead."
+        ) from exc
+    value = block.get()
+    if not isinstance(value, str) or not value.strip():
+        raise SecretBlockError(f"the Prefect Secret block {block_name!r} holds a {type(value).__name__}, not an API "
+                               "key string: save it again with Secret(value='sk-...').save(...)")
+    return SecretStr(value)
 
 
 @flow(name="generate", log_prints=True)
-def generate_flow(params: GenerateParams | None = None) -> GenerateStats:
-    """Send every planned request that lacks a good response; progress is a live artifact."""
+def generate_flow(params: GenerateParams | None = None) -> GenerateStats:  # type: ignore[valid-type]
+    """Send every planned request that lacks a good response, in rounds; progress is a live artifact."""
     params = params or GenerateParams()
     logger = get_run_logger()
     db = resolve_db(params.db_path)
-    config = generate_config(params)
-    planned = prefect_tasks.plan(
-        str(db), sample_types=list(params.sample_types), limit_images=params.limit_images,
-        model=params.model, output_format=params.output_format,
-    )
-    request_ids = list(planned.request_ids)
-    shards = shard(request_ids, params.shard_size)
-    logger.info("%d requests to finish in %d shard(s) of <= %d against %s", len(request_ids), len(shards),
-                params.shard_size, config.base_url or "api.openai.com")
-    if params.max_cost_usd is not None and shards and params.mode == "online":
-        # Each shard's engine enforces its own cap; an even split keeps the total under the budget.
-        config = config.model_copy(update={"max_cost_usd": params.max_cost_usd / len(shards)})
-    progress = GenerationProgress(len(request_ids))
+    ctx = pipeline.Context(db=db, api_key=resolve_api_key(params.secret_block, logger))
+    if run_id := flow_run.get_id():
+        ctx.run_id = str(run_id)  # also the budget id: every shard and round of this run shares max_cost_usd
+    progress = GenerationProgress()
     try:
-        if params.mode == "batch":
-            # One task: the Batch API job does the fan-out; polling resumes from DuckDB on a retry.
-            progress.report("batch", prefect_tasks.generate_batch(
-                request_ids, str(db), config, on_progress=lambda stats: progress.report("batch", stats)))
-        else:
-            _run_shards(params, db, config, shards, progress)
+        with PrefectRunner(logger, params=params, progress=progress, limiter=build_limiter(params, db)) as runner:
+            ctx.runner = runner
+            pipeline.Generate.run(ctx, params)
     finally:
-        totals = progress.finish(model=params.model)
+        totals = progress.finish(model=params.model, warnings=ctx.warnings)
     logger.info("generation finished: %d done, %d already done, %d failed, $%.4f",
                 totals.done, totals.already_ok, totals.failed, totals.cost_usd)
     return totals
+

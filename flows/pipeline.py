@@ -1,7 +1,9 @@
-"""The `pipeline` flow: the whole DAG, ingest -> generate -> curate -> (train), as subflows."""
+"""The `pipeline` flow: `tasks.pipeline.STEPS` (ingest -> generate -> validate, dedup, export, report
+-> train), each section of steps as its subflow, so the UI shows each (and its artifacts) on its own page."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow
@@ -11,21 +13,34 @@ from flows.generate import generate_flow
 from flows.ingest import ingest_flow
 from flows.train import train_flow
 from schemas.flow_params import PipelineParams
+from tasks import pipeline
+
+# Where each section of `pipeline.STEPS` runs: its own subflow (which runs that section's steps).
+SUBFLOWS: dict[str, Callable[[Any], Any]] = {
+    "ingest": ingest_flow,
+    "generate": generate_flow,
+    "curate": curate_flow,
+    "train": train_flow,
+}
 
 
 @flow(name="pipeline")
 def pipeline_flow(params: PipelineParams | None = None) -> dict[str, Any]:
-    """Each step is a subflow, so the UI shows it (and its artifacts) on its own page.
+    """Run every section of the pipeline as a subflow; `train` only when `params.train` is set.
 
     The steps share one database: `db_path` of the ingest step is used everywhere it is unset.
     """
     params = params or PipelineParams()
     db = params.ingest.db_path
-    generate = params.generate.model_copy(update={"db_path": params.generate.db_path or db})
-    curate = params.curate.model_copy(update={"db_path": params.curate.db_path or db})
-    result: dict[str, Any] = {"ingest": ingest_flow(params.ingest)}
-    result["generate"] = generate_flow(generate).model_dump()
-    result["curate"] = curate_flow(curate)
-    if params.train is not None:
-        result["train"] = train_flow(params.train)
+    params = params.model_copy(update={
+        "generate": params.generate.model_copy(update={"db_path": params.generate.db_path or db}),
+        "curate": params.curate.model_copy(update={"db_path": params.curate.db_path or db}),
+    })
+    result: dict[str, Any] = {}
+    for section, _steps in pipeline.sections(pipeline.STEPS):
+        config = getattr(params, section)
+        if config is None:
+            continue
+        out = SUBFLOWS[section](config)
+        result[section] = out.model_dump() if section == "generate" else out
     return result

@@ -38,14 +38,7 @@ def combine(snapshots: list[GenerateStats]) -> GenerateStats:
     """Sum of several shards' statistics (wall time: the longest)."""
     total = GenerateStats()
     for s in snapshots:
-        for name in ("requests", "already_ok", "done", "failed", "attempts", "prompt_tokens",
-                     "completion_tokens", "cached_tokens", "cost_usd"):
-            setattr(total, name, getattr(total, name) + getattr(s, name))
-        total.wall_s = max(total.wall_s, s.wall_s)
-        for field in ("attempts_by_status", "final_by_status"):
-            merged = getattr(total, field)
-            for status, n in getattr(s, field).items():
-                merged[status] = merged.get(status, 0) + n
+        total.add(s)
     return total
 
 
@@ -59,8 +52,8 @@ def describe(stats: GenerateStats, total: int) -> str:
 class GenerationProgress:
     """Aggregates shard snapshots and mirrors them into a Prefect progress artifact."""
 
-    def __init__(self, total: int, *, interval_s: float = 1.0) -> None:
-        self.total = total
+    def __init__(self, total: int = 0, *, interval_s: float = 1.0) -> None:
+        self.total = total  # grows with every round of the generate step (`add_total`)
         self.interval_s = interval_s
         self._snapshots: dict[Hashable, GenerateStats] = {}
         self._lock = threading.Lock()
@@ -74,6 +67,12 @@ class GenerationProgress:
         context = contextvars.copy_context()
         self._thread = threading.Thread(target=context.run, args=(self._push_loop,), daemon=True)
         self._thread.start()
+
+    def add_total(self, n: int) -> None:
+        """Count `n` more requests to send (the next round's)."""
+        with self._lock:
+            self.total += n
+        self._changed.set()
 
     def report(self, shard: Hashable, stats: GenerateStats) -> None:
         """Record the latest snapshot of one shard (cheap; called from the shard's thread)."""
@@ -105,8 +104,11 @@ class GenerationProgress:
                 self._push()
                 self._stop.wait(self.interval_s)
 
-    def finish(self, *, model: str) -> GenerateStats:
-        """Stop the pusher, write the final figures and a summary (markdown + table) artifact."""
+    def finish(self, *, model: str, warnings: list[str] | None = None) -> GenerateStats:
+        """Stop the pusher, write the final figures and a summary (markdown + table) artifact.
+
+        `warnings` (e.g. costs not counted for an unpriced model) head the summary.
+        """
         self._stop.set()
         self._thread.join(timeout=10)
         self._push()
@@ -114,7 +116,9 @@ class GenerationProgress:
         create_markdown_artifact(
             key=SUMMARY_KEY,
             markdown=(
-                f"## Generation with `{model}`\n\n{describe(stats, self.total)}\n\n"
+                f"## Generation with `{model}`\n\n"
+                + "".join(f"**Warning:** {w}\n\n" for w in warnings or [])
+                + f"{describe(stats, self.total)}\n\n"
                 f"- requests planned: {self.total:,} (already answered before this run: {stats.already_ok:,})\n"
                 f"- input tokens: {stats.prompt_tokens:,} (cached: {stats.cached_tokens:,}), "
                 f"output tokens: {stats.completion_tokens:,}\n"

@@ -1,21 +1,27 @@
-"""Parameters of the Prefect flows: pydantic models, so the Prefect UI shows each as a form.
+"""The config model of each pipeline step, shared by the CLI flags, the Prefect flows and `tasks/pipeline.py`.
 
 Every field has a default that works on a laptop; a deployment in `prefect.yaml` or a
 `prefect deployment run --param` overrides only what differs. `db_path=None` means the
 `VISTUNE_DB` setting (default `data/vistune.duckdb`). No secrets here: the API key comes from
-the environment or a Prefect Secret block (`secret_block`), never from a flow parameter,
-because parameters are stored and shown by the Prefect server.
+the environment or a Prefect Secret block (`secret_block`), never from a parameter, because
+parameters are stored and shown by the Prefect server.
+
+`GenerateParams` is *derived* from the engine's `GenerateConfig` (every field but `api_key`), so
+a field added to the engine is a flow parameter at once and nothing is dropped on the way;
+`GenerateParams.engine_config()` maps it back.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
+
+from schemas.generation import GenerateConfig
 
 SAMPLE_COCO = str(Path(__file__).resolve().parents[1] / "tasks" / "ingest" / "sample_coco")
-ALL_SAMPLE_TYPES = ["conversation", "detail_description", "complex_reasoning"]
 
 
 class _Params(BaseModel):
@@ -28,29 +34,47 @@ class IngestParams(_Params):
     coco_dir: str = Field(default=SAMPLE_COCO, description="folder with annotations/ and the image folders")
     splits: list[str] = Field(default_factory=lambda: ["train2017"], description="e.g. train2017, val2017")
     strict: bool = Field(default=False, description="fail on the first bad record instead of skipping it")
+    check_images: bool = Field(default=True, description="open every image file to check it exists and is readable")
     db_path: str | None = Field(default=None, description="DuckDB file; empty = VISTUNE_DB")
 
 
-class GenerateParams(_Params):
-    """Send the requests that still lack a good response, in shards of `shard_size`."""
+# GenerateConfig fields that are no parameter: the key is a secret (Prefect stores and shows parameters).
+NOT_A_PARAMETER = frozenset({"api_key"})
+# GenerateConfig field -> its parameter name, where the flows' names predate the engine's (deployments use them).
+PARAM_NAMES = {"types": "sample_types", "limit": "limit_images", "format": "output_format", "timeout": "timeout_s"}
+# What the Prefect UI's form says under each engine field (GenerateConfig documents them in comments).
+_DESCRIPTIONS = {
+    "model": "model name, priced in tasks/llm/prices.toml",
+    "base_url": "OpenAI-compatible endpoint; empty = OPENAI_BASE_URL",
+    "format": "structured (JSON schema) or llava-text",
+    "mode": "batch: OpenAI Batch API, ~50% cheaper",
+    "concurrency": "requests in flight per shard",
+    "rpm": "requests per minute, all workers together",
+    "tpm": "tokens per minute, all workers together",
+    "max_cost_usd": "stop sending once this much is spent (the whole run: every shard and round together)",
+    "budget_id": "runs sharing max_cost_usd; empty = this flow run",
+    "timeout": "seconds per HTTP attempt",
+    "transport": "aiohttp (lean) or sdk (the openai SDK's own post)",
+    "wakeup_window_ms": "event-loop wake-up batching; empty = sized from the rate limit, 0 = off",
+    "max_attempts": "attempts per request (retries + 1)",
+    "temperature": "sampling temperature of every request",
+    "max_tokens": "max_tokens per request",
+    "types": "sample types to generate",
+    "limit": "at most this many images; empty = all",
+    "batch_poll_s": "batch mode: seconds between status polls",
+}
+
+
+class _GenerateWhere(_Params):
+    """The generate step's own fields: planning, and where the sending runs. The engine's come from GenerateConfig."""
 
     db_path: str | None = Field(default=None, description="DuckDB file; empty = VISTUNE_DB")
-    sample_types: list[str] = Field(default_factory=lambda: list(ALL_SAMPLE_TYPES))
-    limit_images: int | None = Field(default=None, ge=1, description="at most this many images; empty = all")
-    model: str = Field(default="gpt-4o")
-    output_format: Literal["structured", "llava-text"] = "structured"
-    mode: Literal["online", "batch"] = Field(default="online", description="batch: OpenAI Batch API, ~50% cheaper")
-    batch_poll_s: float = Field(default=30.0, gt=0, description="batch mode: seconds between status polls")
-    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; empty = OPENAI_BASE_URL")
+    max_regenerations: int | None = Field(
+        default=None, ge=0, description="ask again for a rejected answer at most this often; empty = the setting (2)"
+    )
     secret_block: str | None = Field(
         default=None, description="Prefect Secret block with the API key when OPENAI_API_KEY is unset"
     )
-    concurrency: int = Field(default=64, ge=1, description="requests in flight per shard")
-    rpm: float | None = Field(default=None, gt=0, description="requests per minute, all workers together")
-    tpm: float | None = Field(default=None, gt=0, description="tokens per minute, all workers together")
-    max_cost_usd: float | None = Field(default=None, ge=0, description="stop sending once this much is spent")
-    max_attempts: int = Field(default=5, ge=1)
-    timeout_s: float = Field(default=120.0, gt=0, description="per HTTP attempt")
     shard_size: int = Field(default=500, ge=1, description="requests per Prefect task run")
     task_runner: Literal["threads", "dask"] = Field(default="threads", description="dask needs vistune[dask]")
     max_workers: int = Field(default=4, ge=1, description="shards running at once")
@@ -58,6 +82,38 @@ class GenerateParams(_Params):
         default=None, description="shared rate-limit bucket (SQLite); empty = beside the DuckDB file"
     )
     shard_retries: int = Field(default=2, ge=0, description="Prefect retries of a failed shard")
+
+    def engine_config(self, *, api_key: SecretStr | None = None, **updates: Any) -> GenerateConfig:
+        """The engine's config: every engine field of these parameters, plus the key (never a parameter)."""
+        values = {name: getattr(self, PARAM_NAMES.get(name, name)) for name in GenerateConfig.model_fields
+                  if name not in NOT_A_PARAMETER}
+        return GenerateConfig(**{**values, **updates}, api_key=api_key)
+
+    @classmethod
+    def from_config(cls, config: GenerateConfig, **where: Any) -> _GenerateWhere:
+        """Parameters carrying every field of an engine config (but the key), plus the given step fields."""
+        values = {PARAM_NAMES.get(name, name): value for name, value in config if name not in NOT_A_PARAMETER}
+        return cls(**values, **where)
+
+
+def _engine_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, info in GenerateConfig.model_fields.items():
+        if name in NOT_A_PARAMETER:
+            continue
+        info = copy.copy(info)
+        info.description = info.description or _DESCRIPTIONS.get(name)
+        fields[PARAM_NAMES.get(name, name)] = (info.annotation, info)
+    return fields
+
+
+GenerateParams = create_model(  # a class like the others, its engine fields copied from GenerateConfig
+    "GenerateParams",
+    __base__=_GenerateWhere,
+    __module__=__name__,
+    __doc__="Plan and send the requests that still lack a good sample, in shards of `shard_size`.",
+    **_engine_fields(),
+)
 
 
 class CurateParams(_Params):
@@ -89,6 +145,6 @@ class PipelineParams(_Params):
     """The whole DAG: ingest -> generate -> curate -> (train)."""
 
     ingest: IngestParams = Field(default_factory=IngestParams)
-    generate: GenerateParams = Field(default_factory=GenerateParams)
+    generate: GenerateParams = Field(default_factory=GenerateParams)  # type: ignore[valid-type]
     curate: CurateParams = Field(default_factory=CurateParams)
     train: TrainParams | None = Field(default=None, description="empty = stop after curation")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from flows import generate as generate_module
+from flows import runner as runner_module
 from flows.generate import generate_flow
 from flows.ingest import ingest_flow
 from flows.pipeline import pipeline_flow
@@ -255,3 +256,130 @@ def test_vistune_run_cli(db_path: Path, sample_coco: Path, sim: object, tmp_path
     assert chat_calls(sim) == 12
     assert (tmp_path / "export" / "llava_instruct.json").exists()
     assert store.table_counts(db_path)["dataset"] > 0
+
+
+def test_the_flow_passes_transport_temperature_and_max_tokens_to_the_engine(
+    db_path: Path, sample_coco: Path, sim: object
+) -> None:
+    from tests.test_pipeline import assert_engine_got
+
+    ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
+    stats = generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
+                                         sample_types=["conversation"], limit_images=2, transport="sdk",
+                                         temperature=0.7, max_tokens=300))
+    assert stats.done == 2
+    assert_engine_got(db_path, transport="sdk", temperature=0.7, max_tokens=300)
+
+
+def test_the_whole_budget_and_the_flow_run_id_reach_every_shard(
+    db_path: Path, sample_coco: Path, sim: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
+    configs: list[object] = []
+    real = runner_module.send_requests
+
+    def spy(ids: list[str], db: Path, config: object, **kwargs: object) -> object:
+        configs.append(config)
+        return real(ids, db, config, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner_module, "send_requests", spy)
+    generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
+                                 shard_size=4, max_cost_usd=5.0))
+    assert len(configs) == 3  # 12 requests in shards of 4
+    assert {c.max_cost_usd for c in configs} == {5.0}  # type: ignore[attr-defined]  (not 5 / 3 each)
+    budget_ids = {c.budget_id for c in configs}  # type: ignore[attr-defined]
+    assert len(budget_ids) == 1 and None not in budget_ids
+    runs = asyncio.run(latest_flow_run_id("generate"))
+    assert budget_ids == {runs}
+
+
+async def latest_flow_run_id(flow_name: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                           sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return str(runs[0].id)
+
+
+def test_every_failed_shard_is_named_in_the_error(
+    db_path: Path, sample_coco: Path, sim: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
+    real = runner_module.send_requests
+    calls: list[int] = []
+
+    def two_fail(ids: list[str], db: Path, config: object, **kwargs: object) -> object:
+        calls.append(len(calls))
+        if len(calls) in (1, 3):
+            raise ConnectionResetError(f"injected failure number {len(calls)}")
+        return real(ids, db, config, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner_module, "send_requests", two_fail)
+    state = generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
+                                         shard_size=4, max_workers=1, shard_retries=0), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="2 of 3 shard") as info:
+        state.result()
+    message = str(info.value)
+    assert "injected failure number 1" in message and "injected failure number 3" in message
+    assert message.count("ConnectionResetError") == 2
+
+
+def test_an_unpriced_model_is_warned_about_in_the_log_and_the_summary(
+    db_path: Path, sample_coco: Path, sim: object
+) -> None:
+    ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
+    generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="my-local-llama",  # type: ignore[attr-defined]
+                                 sample_types=["conversation"], limit_images=1))
+    artifacts, _ = asyncio.run(latest_run("generate"))
+    summary = str(artifacts["generation-summary"])
+    assert "Warning" in summary and "my-local-llama" in summary and "prices.toml" in summary
+    warnings = logged_lines(asyncio.run(latest_flow_run_id("generate")), "no price for model 'my-local-llama'")
+    assert len(warnings) == 1, warnings  # once per run, not per shard or round
+
+
+def logged_lines(flow_run_id: str, text: str, wait_s: float = 15.0) -> list[str]:
+    """The lines of a flow run's log holding `text`, once the log handler has sent them to the server."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        return [log.message for log in logs]
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        lines = [line for line in asyncio.run(read()) if text in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)
+
+
+def test_a_missing_secret_block_means_no_key_with_a_warning(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert generate_module.resolve_api_key("vistune-no-such-block") is None
+    assert "vistune-no-such-block" in caplog.text and "OPENAI_API_KEY" in caplog.text
+
+
+def test_a_secret_block_that_cannot_be_read_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+    from prefect.blocks.system import Secret
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    Secret(value={"not": "a key"}).save("vistune-test-json-secret", overwrite=True)
+    with pytest.raises(generate_module.SecretBlockError, match=r"vistune-test-json-secret.*dict"):
+        generate_module.resolve_api_key("vistune-test-json-secret")
+
+    def unreachable(*args: object, **kwargs: object) -> object:
+        raise httpx.ConnectError("All connection attempts failed")
+
+    monkeypatch.setattr(Secret, "load", unreachable)
+    with pytest.raises(generate_module.SecretBlockError, match=r"'openai-api-key'.*ConnectError.*PREFECT_API_URL"):
+        generate_module.resolve_api_key(None)

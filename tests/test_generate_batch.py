@@ -9,7 +9,7 @@ from bench.gen_scale import synthetic_images
 from schemas.generation import GenerateConfig
 from tasks import store
 from tasks.llm.batch import STORED, make_sync_client, run_batch
-from tasks.llm.engine import generate
+from tasks.pipeline import generate
 from tasks.prompting.formats import parse
 from tasks.prompting.plan import plan_requests
 from tests.sim import SimConfig, start_simulator

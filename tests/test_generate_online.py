@@ -11,7 +11,8 @@ import pytest
 from bench.gen_scale import synthetic_images
 from schemas.generation import RETRYABLE_STATUSES, GenerateConfig
 from tasks import store
-from tasks.llm.engine import generate, run_requests_sync
+from tasks.llm.engine import run_requests_sync
+from tasks.pipeline import generate
 from tasks.prompting.formats import parse
 from tasks.prompting.plan import plan_requests
 from tasks.store.journal import journal_dir

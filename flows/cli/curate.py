@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from flows.cli import app
+from schemas.flow_params import CurateParams
+from schemas.samples import SAMPLE_TYPES
 from tasks import store
 from tasks.prompting.formats import OUTPUT_FORMATS
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _default(name: str) -> Any:
+    """A `CurateParams` default: the CLI's defaults are the flow's."""
+    return CurateParams.model_fields[name].get_default(call_default_factory=True)
+
 
 DbOption = Annotated[
     Path | None, typer.Option("--db", help="DuckDB file (default: $VISTUNE_DB or data/vistune.duckdb)")
@@ -30,7 +38,7 @@ ImageRootOption = Annotated[
 @app.command("validate-text")
 def validate_text_command(
     file: Annotated[Path, typer.Argument(help="A raw LLM response (the message content), '-' for stdin")],
-    sample_type: Annotated[str, typer.Option("--type", help="conversation | detail_description | complex_reasoning")],
+    sample_type: Annotated[str, typer.Option("--type", help=" | ".join(SAMPLE_TYPES))],
     output_format: Annotated[str, typer.Option("--format", help=" | ".join(OUTPUT_FORMATS))] = "structured",
     finish_reason: Annotated[str | None, typer.Option(help="The response's finish_reason, if known")] = None,
 ) -> None:
@@ -91,33 +99,32 @@ def export_command(
 @app.command("curate")
 def curate_command(
     out: Annotated[Path, typer.Option("--out", help="Export folder (json, parquet, report.md, plots)")] = Path(
-        "data/export"
+        CurateParams().export_dir
     ),
     image_root: ImageRootOption = None,
-    threshold: Annotated[float, typer.Option(help="Near-duplicate Jaccard threshold")] = 0.8,
-    scope: Annotated[str, typer.Option(help="Dedup scope: image (same image and type) or global")] = "image",
-    seed: Annotated[int, typer.Option(help="Seed of the export's random draws")] = 0,
+    threshold: Annotated[float, typer.Option(help="Near-duplicate Jaccard threshold")] = _default("dedup_threshold"),
+    scope: Annotated[str, typer.Option(help="Dedup scope: image (same image and type) or global")] = _default(
+        "dedup_scope"),
+    seed: Annotated[int, typer.Option(help="Seed of the export's random draws")] = _default("seed"),
     db: DbOption = None,
 ) -> None:
-    """Validate pending responses, remove duplicates, export, and write the report (no Prefect needed)."""
-    from tasks.curation.dedup import DedupParams, dedup
-    from tasks.curation.export import export
-    from tasks.curation.report import build_report
-    from tasks.curation.validate import validate_pending
+    """Validate pending responses, remove duplicates, export, and write the report (no Prefect needed).
+
+    The same steps as the `curate` flow (`tasks.pipeline.CURATE`), run in this process.
+    """
+    from pydantic import ValidationError
+
+    from tasks import pipeline
 
     try:
-        params = DedupParams(threshold=threshold, scope=scope)
-    except ValueError as exc:
+        params = CurateParams(db_path=str(store.resolve_db(db)), dedup_threshold=threshold, dedup_scope=scope,
+                              export_dir=str(out), seed=seed,
+                              image_root=str(_resolve_image_root(image_root, db)))
+    except ValidationError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    validated = validate_pending(db)
-    console.print(f"validate: {validated.checked:,} responses checked, {validated.samples:,} new samples, "
-                  f"{validated.rejected:,} rejected {validated.reject_codes or ''}", highlight=False)
-    deduped = dedup(db, params=params)
-    console.print(f"dedup ({scope}, threshold {threshold}): {deduped.exact_duplicates:,} exact + "
-                  f"{deduped.near_duplicates:,} near duplicates of {deduped.samples:,} samples; "
-                  f"{deduped.survivors:,} kept ({deduped.seconds:.1f} s)", highlight=False)
-    _print_export(export(db, out, _resolve_image_root(image_root, db), seed=seed))
-    report = build_report(db, out)
-    console.print(f"report: {report.path}")
+    ctx = pipeline.Context(db=store.resolve_db(db), runner=pipeline.Runner(
+        log=lambda line: console.print(line, highlight=False)))
+    done = pipeline.run_steps(pipeline.CURATE, params, ctx)
+    _print_export(done["export"])
     console.print(f"database: {store.resolve_db(db)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -12,11 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from flows.cli import app
-from schemas.generation import GenerateConfig, GenerateStats
+from schemas.flow_params import GenerateParams
+from schemas.generation import GenerateStats
 from schemas.samples import SAMPLE_TYPES
 from schemas.settings import get_settings
 from tasks import store
-from tasks.llm import pricing
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,6 +30,38 @@ TypesOption = Annotated[
 LimitOption = Annotated[int | None, typer.Option("--limit", help="Number of images (first N by id); default all")]
 ModelOption = Annotated[str | None, typer.Option("--model", help="Model name (default: $VISTUNE_MODEL or gpt-4o)")]
 FormatOption = Annotated[str, typer.Option("--format", help="structured | llava-text")]
+
+
+def default(name: str) -> Any:
+    """The default of a `GenerateParams` field: the CLI's defaults are the flows' and the engine's, never a copy."""
+    return GenerateParams.model_fields[name].get_default(call_default_factory=True)
+
+
+# The generation flags shared by `vistune generate` and `vistune run` (one place, so neither drops one).
+ModeOption = Annotated[str, typer.Option("--mode", help="online | batch (Batch API: half price, up to 24 h)")]
+ConcurrencyOption = Annotated[int, typer.Option(help="Requests in flight at once (per shard under Prefect)")]
+RpmOption = Annotated[float | None, typer.Option(help="Requests per minute (default: learned from headers)")]
+TpmOption = Annotated[float | None, typer.Option(help="Tokens per minute (default: learned from headers)")]
+MaxCostOption = Annotated[float | None, typer.Option(help="Stop sending new requests at this spend (whole run)")]
+TimeoutOption = Annotated[float, typer.Option(help="Seconds per HTTP attempt")]
+TransportOption = Annotated[
+    str, typer.Option(help="aiohttp (lean, default) | sdk (the openai SDK's own post): how each call travels")
+]
+WakeupOption = Annotated[
+    float | None,
+    typer.Option(help="Batch the client's wake-ups into windows of this many ms (0 = off; default: from the rate)"),
+]
+MaxAttemptsOption = Annotated[int, typer.Option(help="Attempts per request (retries + 1)")]
+TemperatureOption = Annotated[float, typer.Option(help="Sampling temperature of every request")]
+MaxTokensOption = Annotated[int, typer.Option(help="max_tokens per request")]
+MaxRegenerationsOption = Annotated[
+    int | None,
+    typer.Option(help="Ask again for a rejected answer at most this often, in further rounds "
+                      "(default: $VISTUNE_MAX_REGENERATIONS or 2)"),
+]
+BaseUrlOption = Annotated[
+    str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
+]
 
 
 def _types(text: str) -> list[str]:
@@ -46,11 +78,11 @@ def _usd(value: float | None) -> str:
 
 @app.command("estimate")
 def estimate_command(
-    types: TypesOption = ",".join(SAMPLE_TYPES),
+    types: TypesOption = ",".join(default("sample_types")),
     limit: LimitOption = None,
     model: ModelOption = None,
-    output_format: FormatOption = "structured",
-    max_tokens: Annotated[int, typer.Option(help="max_tokens per request")] = 2048,
+    output_format: FormatOption = default("output_format"),
+    max_tokens: MaxTokensOption = default("max_tokens"),
     db: DbOption = None,
 ) -> None:
     """Requests, tokens and cost (online vs batch) of what `generate` would send. Sends nothing, writes nothing."""
@@ -85,71 +117,71 @@ def _progress_printer(progress: Progress, task_id: TaskID) -> Callable[[Generate
     return update
 
 
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
 @app.command("generate")
 def generate_command(
-    types: TypesOption = ",".join(SAMPLE_TYPES),
+    types: TypesOption = ",".join(default("sample_types")),
     limit: LimitOption = None,
     model: ModelOption = None,
-    output_format: FormatOption = "structured",
-    mode: Annotated[str, typer.Option("--mode", help="online | batch (Batch API: half price, up to 24 h)")] = "online",
-    concurrency: Annotated[int, typer.Option(help="Requests in flight at once")] = 64,
-    rpm: Annotated[float | None, typer.Option(help="Requests per minute (default: learned from headers)")] = None,
-    tpm: Annotated[float | None, typer.Option(help="Tokens per minute (default: learned from headers)")] = None,
-    max_cost_usd: Annotated[float | None, typer.Option(help="Stop sending new requests at this spend")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds per HTTP attempt")] = 120.0,
-    transport: Annotated[
-        str, typer.Option(help="aiohttp (lean, default) | sdk (the openai SDK's own post): how each call travels")
-    ] = "aiohttp",
-    wakeup_window_ms: Annotated[
-        float | None,
-        typer.Option(help="Batch the client's wake-ups into windows of this many ms (0 = off; default: from the rate)"),
-    ] = None,
-    max_attempts: Annotated[int, typer.Option(help="Attempts per request (retries + 1)")] = 5,
-    max_tokens: Annotated[int, typer.Option(help="max_tokens per request")] = 2048,
-    base_url: Annotated[
-        str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
-    ] = None,
+    output_format: FormatOption = default("output_format"),
+    mode: ModeOption = default("mode"),
+    concurrency: ConcurrencyOption = default("concurrency"),
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    max_cost_usd: MaxCostOption = None,
+    timeout: TimeoutOption = default("timeout_s"),
+    transport: TransportOption = default("transport"),
+    wakeup_window_ms: WakeupOption = None,
+    max_attempts: MaxAttemptsOption = default("max_attempts"),
+    temperature: TemperatureOption = default("temperature"),
+    max_tokens: MaxTokensOption = default("max_tokens"),
+    max_regenerations: MaxRegenerationsOption = None,
+    base_url: BaseUrlOption = None,
     flush_interval: Annotated[
-        float | None,
+        float,
         typer.Option(help="Seconds between moves of answers from the journal into DuckDB, where the duckdb CLI "
-                          f"sees them (`vistune sql` sees them at once) "
-                          f"[default: {GenerateConfig.model_fields['flush_interval_s'].default:g}]"),
-    ] = None,
+                          "sees them (`vistune sql` sees them at once)"),
+    ] = default("flush_interval_s"),
     db: DbOption = None,
     progress_bar: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar")] = True,
 ) -> None:
-    """Plan the missing samples and send them; rerun any time: nothing with a good response is sent again.
+    """Plan the missing samples, send them, validate the answers, and ask again for rejected ones (rounds).
 
-    The API key comes from $OPENAI_API_KEY (or .env / vistune.toml), never from a flag, so it
-    stays out of shell history; it is never printed or stored.
+    Rerun any time: nothing with a good response is sent again. The API key comes from
+    $OPENAI_API_KEY (or .env / vistune.toml), never from a flag, so it stays out of shell history;
+    it is never printed or stored.
     """
-    from tasks.llm.engine import AuthenticationFailed, generate, with_settings  # here: openai is slow to import
+    from tasks import pipeline
+    from tasks.llm.engine import AuthenticationFailed  # here: openai is slow to import
 
     try:
-        config = with_settings(GenerateConfig(
-            model=model or get_settings().model, base_url=base_url, format=output_format, mode=mode,
-            concurrency=concurrency, rpm=rpm, tpm=tpm, max_cost_usd=max_cost_usd, timeout=timeout,
-            transport=transport, wakeup_window_ms=wakeup_window_ms, max_attempts=max_attempts,
-            max_tokens=max_tokens, types=_types(types), limit=limit,
-            **({"flush_interval_s": flush_interval} if flush_interval is not None else {}),
-        ))
+        params = GenerateParams(
+            db_path=str(store.resolve_db(db)), model=model or get_settings().model, base_url=base_url,
+            output_format=output_format, mode=mode, concurrency=concurrency, rpm=rpm, tpm=tpm,
+            max_cost_usd=max_cost_usd, timeout_s=timeout, transport=transport, wakeup_window_ms=wakeup_window_ms,
+            max_attempts=max_attempts, temperature=temperature, max_tokens=max_tokens,
+            max_regenerations=max_regenerations, sample_types=_types(types), limit_images=limit,
+            flush_interval_s=flush_interval,
+        )
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    if not pricing.known(config.model):
-        err_console.print(f"[yellow]warning:[/yellow] no price for {config.model!r} in {pricing.PRICES_FILE}: "
-                          "costs are recorded as $0", highlight=False)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("failed {task.fields[failed]}  tokens {task.fields[tokens]:,}  ${task.fields[cost]:.4f}"),
                TimeElapsedColumn())
     with Progress(*columns, console=err_console, disable=not progress_bar) as progress:
-        task_id = progress.add_task(f"generate {config.model}", total=None, failed=0, tokens=0, cost=0.0)
+        task_id = progress.add_task(f"generate {params.model}", total=None, failed=0, tokens=0, cost=0.0)
+        runner = pipeline.Runner(log=lambda line: err_console.print(line, style="dim", highlight=False),
+                                 warn=_warn, on_progress=_progress_printer(progress, task_id))
         try:
-            stats = generate(db, config, on_progress=_progress_printer(progress, task_id))
+            stats = pipeline.Generate.run(pipeline.Context(db=store.resolve_db(db), runner=runner), params)
         except (ValueError, AuthenticationFailed) as exc:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
-    table = Table(title=f"generate: {config.model} ({config.mode}, {config.format})")
+    table = Table(title=f"generate: {params.model} ({params.mode}, {params.output_format})")
     table.add_column("")
     table.add_column("value", justify="right")
     for name in ("requests", "already_ok", "done", "failed", "attempts", "prompt_tokens", "completion_tokens",

@@ -11,15 +11,30 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flows.cli import app
+from flows.cli.generate import (
+    BaseUrlOption,
+    ConcurrencyOption,
+    FormatOption,
+    MaxAttemptsOption,
+    MaxCostOption,
+    MaxRegenerationsOption,
+    MaxTokensOption,
+    ModeOption,
+    TemperatureOption,
+    TimeoutOption,
+    TransportOption,
+    default,
+)
 from schemas.flow_params import SAMPLE_COCO, CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
+from schemas.settings import get_settings
 from tasks import store
+from tasks.store import queries
 
 console = Console()
 
 DbOption = Annotated[
     Path | None, typer.Option("--db", help="DuckDB file (default: $VISTUNE_DB or data/vistune.duckdb)")
 ]
-TERMINAL_BATCH_STATES = ("completed", "failed", "expired", "cancelled", "done")
 
 
 def splits_of(coco_dir: Path) -> list[str]:
@@ -53,14 +68,23 @@ def run_command(
     types: Annotated[list[str] | None, typer.Option("--types", help="sample types; default: all three")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="at most this many images")] = None,
     model: Annotated[str | None, typer.Option("--model")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="structured | llava-text")] = "structured",
+    output_format: FormatOption = default("output_format"),
+    mode: ModeOption = default("mode"),
+    base_url: BaseUrlOption = None,
+    concurrency: ConcurrencyOption = default("concurrency"),
     rpm: Annotated[float | None, typer.Option("--rpm", help="requests/minute, all workers together")] = None,
     tpm: Annotated[float | None, typer.Option("--tpm", help="tokens/minute, all workers together")] = None,
-    max_cost_usd: Annotated[float | None, typer.Option("--max-cost-usd")] = None,
-    shard_size: Annotated[int, typer.Option("--shard-size", help="requests per Prefect task")] = 500,
-    max_workers: Annotated[int, typer.Option("--max-workers", help="shards at once")] = 4,
-    task_runner: Annotated[str, typer.Option("--task-runner", help="threads | dask")] = "threads",
-    export_dir: Annotated[Path, typer.Option("--export-dir")] = Path("data/export"),
+    max_cost_usd: MaxCostOption = None,
+    timeout: TimeoutOption = default("timeout_s"),
+    transport: TransportOption = default("transport"),
+    max_attempts: MaxAttemptsOption = default("max_attempts"),
+    temperature: TemperatureOption = default("temperature"),
+    max_tokens: MaxTokensOption = default("max_tokens"),
+    max_regenerations: MaxRegenerationsOption = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="requests per Prefect task")] = default("shard_size"),
+    max_workers: Annotated[int, typer.Option("--max-workers", help="shards at once")] = default("max_workers"),
+    task_runner: Annotated[str, typer.Option("--task-runner", help="threads | dask")] = default("task_runner"),
+    export_dir: Annotated[Path, typer.Option("--export-dir")] = Path(CurateParams().export_dir),
     train_config: Annotated[Path | None, typer.Option("--train-config", help="also train with this config")] = None,
     db: DbOption = None,
 ) -> None:
@@ -70,13 +94,20 @@ def run_command(
     from schemas.settings import get_settings
 
     db_path = str(store.resolve_db(db))
+    try:
+        generate = GenerateParams(
+            db_path=db_path, sample_types=types or default("sample_types"), limit_images=limit,
+            model=model or get_settings().model, output_format=output_format, mode=mode, base_url=base_url,
+            concurrency=concurrency, rpm=rpm, tpm=tpm, max_cost_usd=max_cost_usd, timeout_s=timeout,
+            transport=transport, max_attempts=max_attempts, temperature=temperature, max_tokens=max_tokens,
+            max_regenerations=max_regenerations, shard_size=shard_size, max_workers=max_workers,
+            task_runner=task_runner,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     params = PipelineParams(
         ingest=IngestParams(coco_dir=str(coco), splits=split or splits_of(coco), db_path=db_path),
-        generate=GenerateParams(
-            db_path=db_path, sample_types=types or GenerateParams().sample_types, limit_images=limit,
-            model=model or get_settings().model, output_format=output_format, rpm=rpm, tpm=tpm,
-            max_cost_usd=max_cost_usd, shard_size=shard_size, max_workers=max_workers, task_runner=task_runner,
-        ),
+        generate=generate,
         curate=CurateParams(db_path=db_path, export_dir=str(export_dir)),
         train=TrainParams(config=str(train_config)) if train_config else None,
     )
@@ -107,19 +138,22 @@ def status_command(db: DbOption = None) -> None:
         "coalesce(sum(prompt_tokens + completion_tokens), 0) AS tokens FROM responses GROUP BY status ORDER BY n DESC",
         path=db_path,
     )
-    pending = store.query(
-        "SELECT count(*) AS n FROM requests q WHERE NOT EXISTS "
-        "(SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'ok')",
-        path=db_path,
-    )[0]["n"]
+    with store.read(db_path) as con:
+        slots = queries.slot_summary(con, get_settings().max_regenerations)
+        all_ids = [r[0] for r in con.execute("SELECT request_id FROM requests").fetchall()]
+        unanswered = len(queries.unanswered(con, all_ids).requests)
     total_cost = sum(r["cost"] for r in spent)
-    console.print(f"cost so far: ${total_cost:,.4f} · requests without a good response: {pending:,}")
+    console.print(f"cost so far: ${total_cost:,.4f} · planned requests still unanswered: {unanswered:,}")
+    console.print("slots (image, type, prompt version, model): " + ", ".join(
+        f"{n:,} {label.replace('_', ' ')}" for label, n in slots.items()), highlight=False)
     for r in spent:
         console.print(f"  responses {r['status']}: {r['n']:,} ({r['tokens']:,} tokens, ${r['cost']:,.4f})")
+    from schemas.generation import CLOSED_BATCH_STATES  # the one definition of a finished batch
+
     open_batches = store.query(
         "SELECT batch_id, status, n_requests, created_at FROM batches WHERE lower(status) NOT IN "
-        f"({', '.join('?' * len(TERMINAL_BATCH_STATES))}) ORDER BY created_at",
-        list(TERMINAL_BATCH_STATES), path=db_path,
+        f"({', '.join('?' * len(CLOSED_BATCH_STATES))}) ORDER BY created_at",
+        list(CLOSED_BATCH_STATES), path=db_path,
     )
     console.print(f"open batches: {len(open_batches)}")
     for b in open_batches:
@@ -138,6 +172,7 @@ def demo_command(
     train: Annotated[bool, typer.Option(help="train the tiny model (stage 1 + stage 2) at the end")] = True,
     fresh: Annotated[bool, typer.Option("--fresh", help="delete --out first")] = False,
     prefect: Annotated[bool, typer.Option("--prefect", help="run the steps as Prefect flows (UI, artifacts)")] = False,
+    vision: Annotated[str, typer.Option("--vision", help="tiny vision tower: clip or siglip")] = "clip",
 ) -> None:
     """The whole pipeline on a small sample: ingest, generate, curate, export, train a tiny model on the CPU."""
     from flows.demo import DemoError, print_summary, run_demo
@@ -146,7 +181,7 @@ def demo_command(
     try:
         result = run_demo(console, coco_dir=coco, out_dir=out, limit_images=limit,
                           model=model or get_settings().model, max_cost_usd=max_cost_usd, train=train, fresh=fresh,
-                          use_prefect=prefect)
+                          use_prefect=prefect, vision=vision)
     except DemoError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None

@@ -333,12 +333,3 @@ def send(
     return run_requests_sync(request_ids, db_path=db_path, config=config, limiter=limiter,
                              on_progress=on_progress, run_id=run_id)
 
-
-def __getattr__(name: str) -> Any:
-    # `generate` (plan, then send) knows sample types, so it lives outside the engine; this keeps
-    # `from tasks.llm.engine import generate` working without importing domain code with the engine.
-    if name == "generate":
-        from tasks.llm.generate import generate
-
-        return generate
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,6 +51,14 @@ class SlotState:
         """No request to send: accepted, waiting for validation, or given up after the regenerations."""
         return self.accepted or self.awaiting_validation or self.rejected > max_regenerations
 
+    def label(self, max_regenerations: int) -> str:
+        """accepted | awaiting_validation | given_up | to_regenerate (what `vistune status` counts)."""
+        if self.accepted:
+            return "accepted"
+        if self.awaiting_validation:
+            return "awaiting_validation"
+        return "given_up" if self.rejected > max_regenerations else "to_regenerate"
+
 
 def slot_states(con: duckdb.DuckDBPyConnection, model: str) -> dict[tuple[int, str, str], SlotState]:
     """(image_id, sample_type, prompt_version) -> state, for every slot of `model` that has an answer."""
@@ -58,6 +66,15 @@ def slot_states(con: duckdb.DuckDBPyConnection, model: str) -> dict[tuple[int, s
         "SELECT image_id, sample_type, prompt_version, accepted, rejected, awaiting_validation "
         "FROM slot_status WHERE model = ?", [model]).fetchall()
     return {(r[0], r[1], r[2]): SlotState(bool(r[3]), int(r[4]), bool(r[5])) for r in rows}
+
+
+def slot_summary(con: duckdb.DuckDBPyConnection, max_regenerations: int) -> dict[str, int]:
+    """How many answered slots (every model) are accepted, awaiting validation, to regenerate or given up."""
+    rows = con.execute("SELECT accepted, rejected, awaiting_validation FROM slot_status").fetchall()
+    counts = dict.fromkeys(("accepted", "awaiting_validation", "to_regenerate", "given_up"), 0)
+    for accepted, rejected, awaiting in rows:
+        counts[SlotState(bool(accepted), int(rejected), bool(awaiting)).label(max_regenerations)] += 1
+    return counts
 
 
 class Unanswered(NamedTuple):
