@@ -27,9 +27,10 @@ class QuestionAnswer(_Strict):
 
 
 class ConversationOutput(_Strict):
-    """A multi-turn conversation between a person asking about the image and the assistant."""
+    """A conversation between a person asking about the image and the assistant: one round or more."""
 
-    rounds: list[QuestionAnswer] = Field(min_length=2)
+    # One round is a valid conversation (LLaVA's data has them); ContentThresholds.min_rounds can ask for more.
+    rounds: list[QuestionAnswer] = Field(min_length=1)
 
 
 class DetailDescriptionOutput(_Strict):
@@ -59,9 +60,11 @@ class SampleType:
     # Expected completion tokens when the database has no answers yet to learn from
     # (LLaVA-Instruct-158K averages, rounded: conversations are the longest); tasks/llm/estimate.py.
     default_output_tokens: int
-    # Default word limits of one answer (or the description); schemas.curation.ContentThresholds.
+    # Default limits of one answer (or the description); schemas.curation.ContentThresholds. The maxima leave
+    # room for the paper's longest answers (multi-paragraph, several hundred words); tokens catch giant "words".
     min_answer_words: int
     max_answer_words: int
+    max_answer_tokens: int
     # Several (question, answer) rounds per sample (a conversation) rather than exactly one.
     multi_round: bool = False
     # The sample has no question of its own: export draws one from tasks/curation/instructions/<this>.txt.
@@ -77,12 +80,14 @@ SAMPLE_TYPES: dict[str, SampleType] = {
     t.name: t
     for t in (
         SampleType("conversation", ConversationOutput, sees_boxes=False, paper_count=58_000,
-                   default_output_tokens=450, min_answer_words=2, max_answer_words=300, multi_round=True),
+                   default_output_tokens=450, min_answer_words=2, max_answer_words=800, max_answer_tokens=1600,
+                   multi_round=True),
         SampleType("detail_description", DetailDescriptionOutput, sees_boxes=True, paper_count=23_000,
-                   default_output_tokens=200, min_answer_words=25, max_answer_words=450,
+                   default_output_tokens=200, min_answer_words=25, max_answer_words=800, max_answer_tokens=1600,
                    instructions="detail_description"),
         SampleType("complex_reasoning", ComplexReasoningOutput, sees_boxes=True, paper_count=77_000,
-                   default_output_tokens=300, min_answer_words=15, max_answer_words=450),
+                   default_output_tokens=300, min_answer_words=15, max_answer_words=800,
+                   max_answer_tokens=1600),
     )
 }
 

@@ -234,7 +234,8 @@ def run_export(ctx: Context, params: CurateParams) -> Any:
 
     image_root = params.image_root or str(default_image_root(ctx.db))
     exported = ctx.runner.call("export", export, ctx.db, params.export_dir, image_root, seed=params.seed)
-    ctx.runner.log(f"export to {params.export_dir}: {exported.counts} records")
+    ctx.runner.log(f"export to {params.export_dir}: {exported.counts} records, "
+                   f"{len(exported.skipped)} bad record(s) skipped")
     return exported
 
 

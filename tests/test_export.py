@@ -148,3 +148,56 @@ def test_export_cli(exported_db: tuple[Path, Path], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "llava_instruct" in result.output
     read_llava_strict(tmp_path / "cli" / "llava_instruct.json", root)  # image root defaults to the COCO root
+
+
+# ------------------------------------------------------------------ one bad record never fails the export
+def _bad_caption_and_sample(db: Path) -> None:
+    """An ingested-before-the-fix caption with `<image>`, and a stored sample with `<image>` in its answer."""
+    from tasks.store import write
+
+    with write(db) as con:
+        con.execute("UPDATE captions SET caption = 'A red <image> square.' WHERE image_id = 2")
+        con.execute("""UPDATE samples SET data = '{"description": "A red square <image> on a plain background."}'
+                       WHERE sample_type = 'detail_description' AND image_id = 3""")
+
+
+def test_bad_records_are_skipped_counted_and_the_rest_written(
+        exported_db: tuple[Path, Path], tmp_path: Path) -> None:
+    db, root = exported_db
+    _bad_caption_and_sample(db)
+    result = export(db, tmp_path / "out", root)
+    assert sorted((s.stem, s.record_id) for s in result.skipped) == sorted([
+        ("llava_pretrain", "000000000002"),
+        ("llava_instruct", next(s.record_id for s in result.skipped if s.stem == "llava_instruct"))])
+    assert all("<image>" in s.reason for s in result.skipped), result.skipped
+    assert result.counts["llava_instruct"] == 8 and result.counts["llava_pretrain"] == 2
+    assert len(read_llava_strict(tmp_path / "out" / "llava_instruct.json", root)) == 8
+    assert len(read_llava_strict(tmp_path / "out" / "llava_pretrain.json", root)) == 2
+    assert result.as_dict()["skipped_count"] == 2 and "skipped=2" in repr(result)
+
+
+def test_sample_without_image_row_is_skipped(db_path: Path, tmp_path: Path) -> None:
+    from tests.curation_rows import add_samples
+
+    root = tmp_path / "coco"
+    add_images(db_path, root, [1])
+    add_samples(db_path, [("s-orphan", 99, "detail_description", DESCRIPTION)], data={"description": DESCRIPTION})
+    result = export(db_path, tmp_path / "out", root)
+    assert [(s.record_id, "images" in s.reason) for s in result.skipped] == [("s-orphan", True)]
+    assert result.counts["llava_pretrain"] == 1
+
+
+@pytest.mark.parametrize("command", ["export", "curate"])
+def test_export_and_curate_cli_survive_a_bad_record(
+        exported_db: tuple[Path, Path], tmp_path: Path, command: str) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import get_app
+
+    db, root = exported_db
+    _bad_caption_and_sample(db)
+    out = tmp_path / command
+    result = CliRunner().invoke(get_app(), [command, "--out", str(out), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert len(read_llava_strict(out / "llava_instruct.json", root)) == 8
+    assert len(read_llava_strict(out / "llava_pretrain.json", root)) == 2

@@ -189,3 +189,28 @@ def test_cli_ingest_reports_skips_and_strict_exit_code(broken_coco: Callable[...
                                        "--db", str(db_path)])
     assert strict.exit_code == 1
     assert "outside the 640x480 image" in strict.output
+
+
+def test_image_placeholder_in_a_caption_is_removed_and_counted(broken_coco: Callable[..., Path],
+                                                               db_path: Path) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["annotations"][0]["caption"] = "A man <image> riding a <Image> horse."
+        d["annotations"][1]["caption"] = " <image> "
+
+    stats = ingest(broken_coco("captions", change), SPLIT, db_path)
+    fixed_id, empty_id = (change_id for change_id in _caption_ids(broken_coco)[:2])
+    assert stats.fixed == {"fixed_image_placeholder": 1}
+    assert [i.reason for i in stats.issues] == ["empty_caption"] and f"caption {empty_id}" in stats.issues[0].record
+    assert store.query(f"SELECT caption FROM captions WHERE caption_id = {fixed_id}", path=db_path) == [
+        {"caption": "A man riding a horse."}]
+    assert store.query("SELECT count(*) n FROM captions WHERE caption LIKE '%<image>%'", path=db_path) == [{"n": 0}]
+    assert store.query("SELECT reason FROM ingest_errors ORDER BY reason", path=db_path) == [
+        {"reason": "empty_caption"}, {"reason": "fixed_image_placeholder"}]
+    runs = store.query("SELECT stats FROM runs WHERE kind = 'ingest'", path=db_path)
+    assert '"fixed": {"fixed_image_placeholder": 1}' in str(runs[0]["stats"]).replace("'", '"')
+
+
+def _caption_ids(broken_coco: Callable[..., Path]) -> list[int]:
+    ids: list[int] = []
+    broken_coco("captions", lambda d: ids.extend(a["id"] for a in d["annotations"]))
+    return ids

@@ -59,7 +59,7 @@ def test_validate_text_cli(tmp_path: Path) -> None:
     assert ConversationOutput.model_validate_json(result.stdout) == GOOD
 
     bad = tmp_path / "bad.json"
-    bad.write_text('{"rounds": [{"question": "Where?", "answer": "Here"}]}')
+    bad.write_text('{"rounds": []}')
     result = runner.invoke(get_app(), ["validate-text", "--type", "conversation", str(bad)])
     assert result.exit_code == 1
     assert result.stdout.startswith("malformed: structured conversation")

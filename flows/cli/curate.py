@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flows.cli import app
@@ -81,6 +82,9 @@ def _print_export(result) -> None:
     if result.missing_images:
         err_console.print(f"[yellow]warning:[/yellow] {len(result.missing_images)} image(s) not found under "
                           f"{result.image_root}, e.g. {result.missing_images[0]}", highlight=False)
+    if result.skipped:
+        err_console.print(f"[yellow]warning:[/yellow] skipped {len(result.skipped)} bad record(s), e.g. "
+                          f"{escape(result.skipped[0].message())}", highlight=False)
 
 
 @app.command("export")

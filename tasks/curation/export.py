@@ -16,6 +16,10 @@ A sample type's export rule is data: its (question, answer) turns come from
 instruction drawn from `tasks/curation/instructions/<SampleType.instructions>.txt`. Every random choice
 (instruction, caption, `<image>` before or after the first question) is drawn from a generator seeded by
 (seed, record id), so the same database and seed give byte-identical files.
+
+One bad record never fails the export: a sample or caption pair that cannot become a valid LLaVA record
+(an `<image>` in its text, data that no longer fits its output model, an unknown type, no `images` row) is
+skipped, listed in `ExportResult.skipped` with the reason, and the rest is written.
 """
 
 from __future__ import annotations
@@ -103,26 +107,43 @@ def pretrain_record(image_id: int, captions: list[str], image: str, seed: int) -
         LlavaTurn(speaker="human", value=human), LlavaTurn(speaker="gpt", value=caption)])
 
 
+@dataclass(frozen=True)
+class SkippedRecord:
+    """A record `export` left out: which file it was meant for, its id, and why."""
+
+    stem: str  # INSTRUCT_FILE or PRETRAIN_FILE
+    record_id: str  # the sample_id, or the image id of a caption pair
+    reason: str
+
+    def message(self) -> str:
+        """One line for logs and the CLI."""
+        return f"{self.stem} record {self.record_id}: {self.reason}"
+
+
 @dataclass
 class ExportResult:
-    """What `export` wrote: file paths, record counts, and images not found under the image root."""
+    """What `export` wrote: file paths, record counts, images not found under the image root, skipped records."""
 
     out_dir: str
     image_root: str
     paths: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     missing_images: list[str] = field(default_factory=list)
+    skipped: list[SkippedRecord] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain dict (for logs and Prefect artifacts); lists only the first missing images."""
+        """Plain dict (for logs and Prefect artifacts); lists only the first missing images and skipped records."""
         out = asdict(self)
         out["missing_images"] = self.missing_images[:20]
         out["missing_image_count"] = len(self.missing_images)
+        out["skipped"] = [asdict(s) for s in self.skipped[:20]]
+        out["skipped_count"] = len(self.skipped)
         return out
 
     def __repr__(self) -> str:  # flows log the result: keep it short when thousands of images are missing
         counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
-        return f"ExportResult(out_dir={self.out_dir!r}, {counts}, missing_images={len(self.missing_images)})"
+        return (f"ExportResult(out_dir={self.out_dir!r}, {counts}, missing_images={len(self.missing_images)}, "
+                f"skipped={len(self.skipped)})")
 
 
 def default_image_root(db_path: str | Path | None) -> Path:
@@ -151,6 +172,13 @@ def _write_parquet(path: Path, records: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
+def _reason(exc: Exception) -> str:
+    # pydantic's message starts with a header line and a count; the first error line says what is wrong
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = next((line for line in lines if "<image>" in line or "record" in line), lines[-1] if lines else "")
+    return f"{type(exc).__name__}: {text or exc!r}"[:300]
+
+
 def export(
     db_path: str | Path | None, out_dir: str | Path, image_root: str | Path, seed: int = 0
 ) -> ExportResult:
@@ -160,28 +188,35 @@ def export(
     with read(db_path) as con:
         samples = con.execute("""
             SELECT d.sample_id, d.sample_type, d.data, i.split, i.file_name
-            FROM dataset d JOIN images i USING (image_id) ORDER BY d.sample_id
+            FROM dataset d LEFT JOIN images i USING (image_id) ORDER BY d.sample_id
         """).fetchall()
-        orphans = con.execute(
-            "SELECT count(*) FROM dataset d WHERE NOT EXISTS (SELECT 1 FROM images i WHERE i.image_id = d.image_id)"
-        ).fetchall()[0][0]
         captions = con.execute("""
             SELECT i.image_id, i.split, i.file_name, list(c.caption ORDER BY c.caption_id)
             FROM images i JOIN captions c USING (image_id) GROUP BY ALL ORDER BY i.image_id
         """).fetchall()
-    if orphans:
-        raise ValueError(f"{orphans} dataset samples have no row in `images`: ingest their COCO split first")
+    result = ExportResult(out_dir=str(out), image_root=str(root))
     by_type: dict[str, list[dict[str, Any]]] = {name: [] for name in SAMPLE_TYPES}
     everything: list[dict[str, Any]] = []
     for sample_id, type_name, data, split, file_name in samples:
-        record = instruct_record(sample_id, type_name, json.loads(data), image_path(split, file_name), seed).to_json()
-        everything.append(record)
-        by_type.setdefault(type_name, []).append(record)
-    pretrain = [pretrain_record(image_id, caps, image_path(split, name), seed).to_json()
-                for image_id, split, name, caps in captions]
+        if split is None:
+            result.skipped.append(SkippedRecord(INSTRUCT_FILE, sample_id, "its image has no row in `images`: "
+                                                                          "ingest its COCO split"))
+            continue
+        try:
+            record = instruct_record(sample_id, type_name, json.loads(data), image_path(split, file_name), seed)
+        except (ValueError, TypeError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+            result.skipped.append(SkippedRecord(INSTRUCT_FILE, sample_id, _reason(exc)))
+            continue
+        everything.append(record.to_json())
+        by_type.setdefault(type_name, []).append(everything[-1])
+    pretrain: list[dict[str, Any]] = []
+    for image_id, split, name, caps in captions:
+        try:
+            pretrain.append(pretrain_record(image_id, caps, image_path(split, name), seed).to_json())
+        except (ValueError, TypeError, KeyError) as exc:
+            result.skipped.append(SkippedRecord(PRETRAIN_FILE, f"{image_id:012d}", _reason(exc)))
     outputs = {INSTRUCT_FILE: everything, PRETRAIN_FILE: pretrain,
                **{f"{INSTRUCT_FILE}_{name}": records for name, records in by_type.items()}}
-    result = ExportResult(out_dir=str(out), image_root=str(root))
     for stem, records in outputs.items():
         for suffix, writer in ((".json", _write_json), (".parquet", _write_parquet)):
             path = out / f"{stem}{suffix}"

@@ -3,6 +3,11 @@
 Bad records are skipped and counted by reason (stored in `ingest_errors`), or fail the run
 with `strict=True`. Problems with a whole file (missing, malformed json, missing top-level
 keys) always fail: there is nothing sensible to skip to.
+
+Records that can be repaired are kept and the repair is counted (`IngestStats.fixed`, the run's
+`stats.fixed`, and one `ingest_errors` row each with reason `fixed_image_placeholder`): a caption
+containing LLaVA's `<image>` placeholder has it removed, since the trainer would read it as the
+image token (and export would write an invalid record).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -27,6 +33,9 @@ from tasks import store
 # pixel in real data (e.g. x + w = 640.01). Beyond this, a box is wrong.
 BOX_TOLERANCE_PX = 1.0
 BOX_DECIMALS = 3
+# LLaVA's image token (schemas.llava.IMAGE_PLACEHOLDER), also with stray spaces or capitals.
+_IMAGE_PLACEHOLDER = re.compile(r"<\s*image\s*>", re.IGNORECASE)
+FIXED_PLACEHOLDER = "fixed_image_placeholder"
 
 
 class IngestError(ValueError):
@@ -58,11 +67,17 @@ class IngestStats:
     objects: int = 0
     added: dict[str, int] = field(default_factory=dict)
     issues: list[IngestIssue] = field(default_factory=list)
+    fixes: list[IngestIssue] = field(default_factory=list)  # records kept after a repair
 
     @property
     def skipped(self) -> Counter[str]:
         """Skipped records by reason."""
         return Counter(i.reason for i in self.issues)
+
+    @property
+    def fixed(self) -> Counter[str]:
+        """Repaired (and kept) records by reason."""
+        return Counter(i.reason for i in self.fixes)
 
 
 @dataclass
@@ -71,6 +86,13 @@ class _Parsed:
     captions: list[CaptionRow] = field(default_factory=list)
     objects: list[ObjectRow] = field(default_factory=list)
     issues: list[IngestIssue] = field(default_factory=list)
+    fixes: list[IngestIssue] = field(default_factory=list)
+
+
+def clean_caption(text: str) -> tuple[str, int]:
+    """A caption with whitespace collapsed and `<image>` placeholders removed; returns (text, placeholders)."""
+    cleaned, removed = _IMAGE_PLACEHOLDER.subn(" ", text)
+    return " ".join(cleaned.split()), removed
 
 
 def annotation_paths(coco_dir: Path, split: str) -> tuple[Path, Path, Path]:
@@ -148,9 +170,14 @@ def _parse(captions_path: Path, instances_path: Path, image_dir: Path, coco_root
             skip(cap_name, label, "unknown_image", f"caption refers to image {rec['image_id']}, which is not listed")
         elif not isinstance(rec["caption"], str) or not rec["caption"].strip():
             skip(cap_name, label, "empty_caption", "caption text is empty")
+        elif not (caption := clean_caption(rec["caption"]))[0]:
+            skip(cap_name, label, "empty_caption", f"caption is only {rec['caption'].strip()!r}")
         else:
-            out.captions.append(CaptionRow(caption_id=rec["id"], image_id=rec["image_id"],
-                                           caption=" ".join(rec["caption"].split())))
+            text, removed = caption
+            if removed:
+                out.fixes.append(IngestIssue(cap_name, label, FIXED_PLACEHOLDER,
+                                             f"removed {removed} <image> placeholder(s), kept {text!r}"))
+            out.captions.append(CaptionRow(caption_id=rec["id"], image_id=rec["image_id"], caption=text))
 
     # pycocotools indexes the (already shape-checked) instances: categories and per-image anns.
     good_anns = []
@@ -247,8 +274,10 @@ def ingest(
         first = parsed.issues[0]
         more = f" (and {len(parsed.issues) - 1} more problem(s))" if len(parsed.issues) > 1 else ""
         raise IngestError(f"{first.message()}{more}; fix the record or run without --strict to skip it")
+    kept = {f"caption {c.caption_id}" for c in parsed.captions}  # a fixed caption of a dropped image is gone
     stats = IngestStats(run_id=run_id, split=split, images=len(parsed.images), captions=len(parsed.captions),
-                        objects=len(parsed.objects), issues=parsed.issues)
+                        objects=len(parsed.objects), issues=parsed.issues,
+                        fixes=[f for f in parsed.fixes if f.record in kept])
     with store.write(db_path) as con:
         stats.added = {
             "images": store.insert_rows(con, ImageRow, parsed.images.values()),
@@ -257,12 +286,12 @@ def ingest(
         }
         store.insert_rows(con, IngestErrorRow, [
             IngestErrorRow(run_id=run_id, source_file=i.source_file, record=i.record, reason=i.reason, detail=i.detail)
-            for i in parsed.issues
+            for i in [*parsed.issues, *stats.fixes]
         ])
         store.insert_rows(con, RunRow, [RunRow(
             run_id=run_id, kind="ingest", started_at=started, finished_at=store.utcnow(), status="completed",
             params={"coco_dir": str(coco_root), "split": split, "strict": strict, "check_images": check_images},
             stats={"images": stats.images, "captions": stats.captions, "objects": stats.objects,
-                   "added": stats.added, "skipped": dict(stats.skipped)},
+                   "added": stats.added, "skipped": dict(stats.skipped), "fixed": dict(stats.fixed)},
         )])
     return stats

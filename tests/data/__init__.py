@@ -1,0 +1,1 @@
+"""Labelled data for tests: the validator corpus and its calibration script."""
