@@ -19,6 +19,10 @@ class TableRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
     table: ClassVar[str]
     primary_key: ClassVar[tuple[str, ...]] = ()
+    # Whether DuckDB keeps a PRIMARY KEY index. `store.insert_rows` enforces the key either way; the
+    # index is for small tables only: in the file format the duckdb 1.5 CLI reads, every checkpoint
+    # rewrites a table's whole key index, so each short write transaction would cost O(table size).
+    key_index: ClassVar[bool] = True
 
 
 class RunRow(TableRow):
@@ -40,6 +44,7 @@ class ImageRow(TableRow):
 
     table: ClassVar[str] = "images"
     primary_key: ClassVar[tuple[str, ...]] = ("image_id",)
+    key_index: ClassVar[bool] = False
     image_id: int
     split: str
     file_name: str
@@ -53,6 +58,7 @@ class CaptionRow(TableRow):
 
     table: ClassVar[str] = "captions"
     primary_key: ClassVar[tuple[str, ...]] = ("caption_id",)
+    key_index: ClassVar[bool] = False
     caption_id: int
     image_id: int
     caption: str
@@ -63,6 +69,7 @@ class ObjectRow(TableRow):
 
     table: ClassVar[str] = "objects"
     primary_key: ClassVar[tuple[str, ...]] = ("object_id",)
+    key_index: ClassVar[bool] = False
     object_id: int
     image_id: int
     category: str
@@ -79,6 +86,7 @@ class IngestErrorRow(TableRow):
 
     table: ClassVar[str] = "ingest_errors"
     primary_key: ClassVar[tuple[str, ...]] = ("run_id", "source_file", "record")
+    key_index: ClassVar[bool] = False
     run_id: str
     source_file: str
     record: str  # e.g. "annotation 1234" or "image 5678"
@@ -91,6 +99,7 @@ class RequestRow(TableRow):
 
     table: ClassVar[str] = "requests"
     primary_key: ClassVar[tuple[str, ...]] = ("request_id",)
+    key_index: ClassVar[bool] = False
     request_id: str
     image_id: int
     sample_type: str
@@ -111,6 +120,7 @@ class ResponseRow(TableRow):
 
     table: ClassVar[str] = "responses"
     primary_key: ClassVar[tuple[str, ...]] = ("response_id",)
+    key_index: ClassVar[bool] = False
     response_id: str
     request_id: str
     attempt: int
@@ -134,6 +144,7 @@ class SampleRow(TableRow):
 
     table: ClassVar[str] = "samples"
     primary_key: ClassVar[tuple[str, ...]] = ("sample_id",)
+    key_index: ClassVar[bool] = False
     sample_id: str
     request_id: str
     response_id: str
@@ -151,6 +162,7 @@ class RejectRow(TableRow):
 
     table: ClassVar[str] = "rejects"
     primary_key: ClassVar[tuple[str, ...]] = ("response_id", "code")
+    key_index: ClassVar[bool] = False
     response_id: str
     request_id: str
     image_id: int
@@ -165,6 +177,7 @@ class DuplicateRow(TableRow):
 
     table: ClassVar[str] = "duplicates"
     primary_key: ClassVar[tuple[str, ...]] = ("sample_id",)
+    key_index: ClassVar[bool] = False
     sample_id: str
     duplicate_of: str
     method: str  # exact | minhash

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tasks import store
 from tasks.curation.dedup import DedupParams, dedup, lsh_banding, minhash_signatures
 from tasks.store import query
 from tests.curation_rows import add_samples
@@ -142,6 +143,10 @@ def test_chain_removes_only_samples_with_an_earlier_near_duplicate(db_path: Path
 
 
 def test_short_texts_and_empty_table(db_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="vistune ingest"):  # no database yet: say so, create nothing
+        dedup(db_path)
+    assert not db_path.exists()
+    store.ensure_schema(db_path)
     assert dedup(db_path).samples == 0
     add_samples(db_path, [("a", 1, "conversation", "Yes."), ("b", 1, "conversation", "yes"),
                           ("c", 1, "conversation", "No, it is not.")])

@@ -51,6 +51,28 @@ def test_migrate_is_idempotent_and_adds_missing_columns(db_path: Path) -> None:
     con.close()
 
 
+def test_a_schema_2_file_loses_its_large_key_indexes_and_keeps_its_rows(db_path: Path) -> None:
+    # Schema 2 gave every table a PRIMARY KEY; in the CLI-readable format every checkpoint rewrites it whole.
+    con = duckdb.connect(str(db_path), config={"storage_compatibility_version": store.STORAGE_COMPATIBILITY})
+    con.execute("CREATE TABLE images (image_id BIGINT PRIMARY KEY, split VARCHAR, file_name VARCHAR, "
+                "width BIGINT, height BIGINT, coco_root VARCHAR)")
+    con.execute("INSERT INTO images VALUES (1, 'train2017', 'a.jpg', 4, 3, '/c')")
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    con.execute("INSERT INTO schema_version VALUES (2, now()::TIMESTAMP)")
+    con.close()
+    store.ensure_schema(db_path)
+    with store.read(db_path) as con:
+        indexed = {r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY'").fetchall()}
+        assert con.execute("SELECT image_id, file_name FROM images").fetchall() == [(1, "a.jpg")]
+    assert indexed == {m.table for m in ALL_TABLES if m.key_index}
+    assert "images" not in indexed and "requests" not in indexed
+    with store.write(db_path) as con:  # the key still holds, now kept by insert_rows
+        assert store.insert_rows(con, ImageRow, [_image(1, "other.jpg"), _image(2), _image(2, "dup.jpg")]) == 1
+    assert store.query("SELECT image_id, file_name FROM images ORDER BY 1", path=db_path) == [
+        {"image_id": 1, "file_name": "a.jpg"}, {"image_id": 2, "file_name": "a.jpg"}]
+
+
 def test_insert_conflict_modes(db_path: Path) -> None:
     with store.write(db_path) as con:
         assert store.insert_rows(con, ImageRow, [_image(1), _image(2)]) == 2

@@ -30,7 +30,7 @@ from schemas.tables import ALL_TABLES, TableRow
 from tasks.store.queries import SLOT_STATUS_VIEW
 
 # Bump when a migration below is added; `schema_version` records what a file has seen.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Non-additive changes go here as (version, sql). Additive column changes need no entry:
 # `migrate` adds any column a row model has and the table lacks.
@@ -102,9 +102,9 @@ def columns(model: type[TableRow]) -> dict[str, str]:
 
 
 def create_table_sql(model: type[TableRow]) -> str:
-    """`CREATE TABLE IF NOT EXISTS` for a row model, with its primary key."""
+    """`CREATE TABLE IF NOT EXISTS` for a row model, with its primary key index where it keeps one."""
     cols = [f"{name} {sql_type}" for name, sql_type in columns(model).items()]
-    if model.primary_key:
+    if model.primary_key and model.key_index:
         cols.append(f"PRIMARY KEY ({', '.join(model.primary_key)})")
     return f"CREATE TABLE IF NOT EXISTS {model.table} (\n  " + ",\n  ".join(cols) + "\n)"
 
@@ -124,10 +124,25 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
     for version, sql in MIGRATIONS:
         if version > current:
             con.execute(sql)
+    if current < 3:
+        _drop_key_indexes(con)
     con.execute(DATASET_VIEW)
     con.execute(SLOT_STATUS_VIEW)
     if current < SCHEMA_VERSION:
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, utcnow()])
+
+
+def _drop_key_indexes(con: duckdb.DuckDBPyConnection) -> None:
+    # Schema 3: large tables keep their key without a PRIMARY KEY index (see TableRow.key_index).
+    # DuckDB cannot drop a primary key in place, so such a table is copied, dropped and renamed.
+    indexed = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY'").fetchall()}
+    for model in ALL_TABLES:
+        if model.key_index or model.table not in indexed:
+            continue
+        con.execute(f"CREATE TABLE {model.table}__rebuilt AS SELECT * FROM {model.table}")
+        con.execute(f"DROP TABLE {model.table}")
+        con.execute(f"ALTER TABLE {model.table}__rebuilt RENAME TO {model.table}")
 
 
 # ---------------------------------------------------------------- connections
@@ -248,13 +263,26 @@ def insert_rows(
     *,
     on_conflict: str = "ignore",
 ) -> int:
-    """Insert rows of one table in a single statement; returns how many rows were new.
+    """Insert rows of one table in one statement; returns how many rows were new.
 
-    `on_conflict`: "ignore" keeps the existing row (idempotent re-runs), "replace" overwrites
-    it, "error" raises on a duplicate primary key.
+    `on_conflict` decides what a row whose primary key is already stored (or repeated in `rows`)
+    does: "ignore" keeps the first (idempotent re-runs), "replace" keeps the last, "error" raises
+    `duckdb.ConstraintException`. The key is enforced here, not by a DuckDB index (`TableRow.key_index`).
     """
+    if on_conflict not in ("ignore", "replace", "error"):
+        raise ValueError(f"on_conflict must be ignore, replace or error, got {on_conflict!r}")
     cols = columns(model)
     records = [(r if isinstance(r, TableRow) else model.model_validate(r)).model_dump() for r in rows]
+    key = model.primary_key
+    if key:
+        unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for rec in records:
+            k = tuple(rec[c] for c in key)
+            if k in unique and on_conflict == "error":
+                raise duckdb.ConstraintException(f"{model.table}: duplicate key {dict(zip(key, k, strict=True))}")
+            if on_conflict == "replace" or k not in unique:
+                unique[k] = rec
+        records = list(unique.values())
     if not records:
         return 0
     arrays = {
@@ -263,15 +291,33 @@ def insert_rows(
     schema_types = {"VARCHAR": pa.string(), "JSON": pa.string(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
                     "BOOLEAN": pa.bool_(), "TIMESTAMP": pa.timestamp("us")}
     table = pa.table({name: pa.array(arrays[name], type=schema_types[t]) for name, t in cols.items()})
-    verb = {"ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE", "error": "INSERT"}[on_conflict]
-    before = con.execute(f"SELECT count(*) FROM {model.table}").fetchall()[0][0]
     con.register("_vistune_rows", table)
     try:
-        con.execute(f"{verb} INTO {model.table} BY NAME SELECT * FROM _vistune_rows")
+        if not key:
+            return _inserted(con.execute(f"INSERT INTO {model.table} BY NAME SELECT * FROM _vistune_rows"))
+        using = ", ".join(key)
+        # The stored keys among this batch's (a scan of the key columns, then a small join).
+        existing = f"(SELECT {using} FROM {model.table} SEMI JOIN _vistune_rows USING ({using}))"
+        if on_conflict == "error":
+            clash = con.execute(f"SELECT {using} FROM {existing} LIMIT 1").fetchall()
+            if clash:
+                raise duckdb.ConstraintException(
+                    f"{model.table}: duplicate key {dict(zip(key, clash[0], strict=True))}")
+        replaced = 0
+        if on_conflict == "replace":
+            replaced = _inserted(con.execute(
+                f"DELETE FROM {model.table} WHERE ({using}) IN (SELECT ({using}) FROM _vistune_rows)"))
+        new = _inserted(con.execute(
+            f"INSERT INTO {model.table} BY NAME SELECT r.* FROM _vistune_rows r ANTI JOIN {existing} USING ({using})"))
+        return new - replaced
     finally:
         with contextlib.suppress(duckdb.Error):  # an aborted transaction refuses it; close() cleans up
             con.unregister("_vistune_rows")
-    return con.execute(f"SELECT count(*) FROM {model.table}").fetchall()[0][0] - before
+
+
+def _inserted(cursor: duckdb.DuckDBPyConnection) -> int:
+    # DuckDB answers an INSERT or DELETE with one row: the number of rows it changed.
+    return int(cursor.fetchall()[0][0])
 
 
 def table_counts(path: str | Path | None = None) -> dict[str, int]:
