@@ -31,7 +31,7 @@ from training.config import load_config
 from training.model import build_base_model, projector_type
 from training.serving import convert_for_serving, split_linear_projector, warn_if_linear
 from training.templates import VICUNA_SYSTEM
-from training.tiny import build_tokenizer, save_tiny_clip, write_tiny_config
+from training.tiny import build_tokenizer, save_tiny_clip, tiny_llama_config, write_tiny_config
 
 IMAGE = Path(__file__).parent / "assets" / "nonsquare_48x24.png"
 PROMPT = f"{VICUNA_SYSTEM} USER: <image>\nWhat is in the image? ASSISTANT:"
@@ -135,18 +135,7 @@ def test_vllm_loads_the_converted_checkpoint_and_generates_like_transformers(tmp
 
     # vLLM's attention kernels want head sizes such as 64: a 256-wide, 4-head Llama instead of the 16-wide one.
     tokenizer = build_tokenizer()
-    llm_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        initializer_range=0.2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    llm_config = tiny_llama_config(tokenizer, hidden_size=256, heads=4, kv_heads=4)
     torch.manual_seed(0)
     LlamaForCausalLM(llm_config).save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")

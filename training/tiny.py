@@ -85,6 +85,27 @@ def save_tiny_siglip(path: Path) -> Path:
 TINY_VISION: dict[str, Callable[[Path], Path]] = {"clip": save_tiny_clip, "siglip": save_tiny_siglip}
 
 
+def tiny_llama_config(
+    tokenizer: PreTrainedTokenizerFast, *, hidden_size: int = 64, heads: int = 4, kv_heads: int = 2,
+    initializer_range: float = 0.2,
+) -> LlamaConfig:
+    """A two-layer Llama for `tokenizer` (wider `hidden_size` where a kernel wants head sizes such as 64)."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        # Wider than Llama's 0.02 so a frozen random LLM can still express peaked next-token distributions.
+        initializer_range=initializer_range,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
 def build_tiny_base_models(
     out_dir: Path | str,
     texts: Iterable[str] = (),
@@ -103,20 +124,7 @@ def build_tiny_base_models(
     torch.manual_seed(seed)  # same seed, same tiny weights: demo runs are reproducible
     vision_path, llm_path = TINY_VISION[vision](out_dir / f"tiny-{vision}-vision"), out_dir / "tiny-llama"
     tokenizer = build_tokenizer(texts)
-    llm_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        # Wider than Llama's 0.02 so a frozen random LLM can still express peaked next-token distributions.
-        initializer_range=initializer_range,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    llm_config = tiny_llama_config(tokenizer, initializer_range=initializer_range)
     LlamaForCausalLM(llm_config).save_pretrained(llm_path)
     tokenizer.save_pretrained(llm_path)
     write_tiny_config(out_dir / "tiny.yaml", vision_path, llm_path)
