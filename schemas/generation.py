@@ -7,8 +7,9 @@ A request is *done* when it has an `ok` row; otherwise its latest row says why i
 from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 NOT_SENT = frozenset({"budget_exceeded"})  # statuses of rows that made no HTTP call
 # Keys of a request's stored `params` that are ours, not the API's: part of the request id hash
@@ -97,6 +98,35 @@ class GenerateConfig(BaseModel):
     flush_interval_s: float = Field(default=120.0, gt=0)
     flush_rows: int = Field(default=2000, ge=1)
     batch_poll_s: float = Field(default=30.0, gt=0)
+    # Claims (tasks/store/queries.py `claim`): concurrent engines on one database send each request once.
+    # An engine claims `claim_chunk` requests per short write transaction, renews its leases from the
+    # flush loop and releases each claim once the request's rows are flushed. A dead engine's claims
+    # are released when its journal is replayed; `claim_lease_s` only matters for an owner whose
+    # journal is not visible here. A run waits for requests claimed elsewhere, looking every `claim_poll_s`.
+    claim_lease_s: float = Field(default=600.0, gt=0)
+    claim_chunk: int = Field(default=1000, ge=1)
+    claim_poll_s: float = Field(default=5.0, gt=0)
+    # Circuit breaker: stop the run (EndpointUnreachable) after this many connection failures or
+    # timeouts in a row, or when this many first attempts of a run all failed (429s not counted).
+    breaker_consecutive_failures: int = Field(default=20, ge=1)
+    breaker_first_attempts: int = Field(default=50, ge=1)
+
+    # `user:password@` of `base_url`, moved out so that the URL can be logged and stored; sent as HTTP
+    # Basic auth (tasks/llm/endpoint.py). Private: never dumped, never a flow parameter.
+    _base_url_credentials: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _split_url_credentials(self) -> GenerateConfig:
+        parts = urlsplit(self.base_url or "")
+        if "@" in parts.netloc:
+            self._base_url_credentials = SecretStr(f"{unquote(parts.username or '')}:{unquote(parts.password or '')}")
+            self.base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        return self
+
+    @property
+    def base_url_credentials(self) -> SecretStr | None:
+        """`user:password` that came in `base_url` (which no longer holds them), else None."""
+        return self._base_url_credentials
 
 
 class GenerateStats(BaseModel):
@@ -107,6 +137,7 @@ class GenerateStats(BaseModel):
     held_parse_error: int = 0  # skipped: an earlier answer made our parser raise (fix it, then validate)
     done: int = 0  # got an ok response in this run
     failed: int = 0  # ended this run without an ok response
+    taken_over: int = 0  # not sent: another engine took its claim over (this one outlived its lease)
     attempts: int = 0  # HTTP calls made (retries included)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -131,8 +162,8 @@ class GenerateStats(BaseModel):
 
     def add(self, other: GenerateStats) -> None:
         """Add another run's counts to these (shards of one flow run); `wall_s` keeps the longest."""
-        for name in ("requests", "already_ok", "held_parse_error", "done", "failed", "attempts", "prompt_tokens",
-                     "completion_tokens", "cached_tokens", "cost_usd"):
+        for name in ("requests", "already_ok", "held_parse_error", "done", "failed", "taken_over", "attempts",
+                     "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.wall_s = max(self.wall_s, other.wall_s)
         for name in ("attempts_by_status", "final_by_status"):

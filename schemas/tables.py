@@ -139,6 +139,21 @@ class ResponseRow(TableRow):
     run_id: str | None = None
 
 
+class ClaimRow(TableRow):
+    """A request an engine is sending: taken before it is sent, renewed while the engine runs, dropped once
+    the request's answer is stored (`tasks/store/queries.py` `claim`). Another engine skips a claimed
+    request; it takes the claim over once the owner's journal has been replayed (the owner died) or,
+    for an owner whose journal it cannot see, once the lease expired."""
+
+    table: ClassVar[str] = "claims"
+    primary_key: ClassVar[tuple[str, ...]] = ("request_id",)
+    request_id: str
+    owner: str  # the claiming engine's journal owner, `<pid>-<token>` (tasks/store/journal.py)
+    run_id: str | None = None
+    claimed_at: datetime
+    expires_at: datetime  # the lease: renewed from the engine's flush loop
+
+
 class SampleRow(TableRow):
     """A validated sample: `data` is the sample type's pydantic output model dumped to JSON."""
 
@@ -211,6 +226,7 @@ ALL_TABLES: tuple[type[TableRow], ...] = (
     IngestErrorRow,
     RequestRow,
     ResponseRow,
+    ClaimRow,
     SampleRow,
     RejectRow,
     DuplicateRow,

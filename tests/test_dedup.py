@@ -63,7 +63,11 @@ def test_exact_and_near_duplicates_keep_the_earliest_copy(db_path: Path) -> None
     assert found["s-near"]["similarity"] == pytest.approx(jaccard(base, near))
     assert found["s-near"]["scope"] == "image"
     assert (stats.exact_duplicates, stats.near_duplicates, stats.survivors) == (2, 1, 2)
-    assert {r["sample_id"] for r in query("SELECT sample_id FROM dataset", path=db_path)} == {"s-base", "s-other"}
+    kept = query("SELECT sample_id FROM samples WHERE sample_id NOT IN (SELECT sample_id FROM duplicates)",
+                 path=db_path)
+    assert {r["sample_id"] for r in kept} == {"s-base", "s-other"}
+    # all five answer one slot (image 1, detail_description, one prompt version): the dataset keeps the first
+    assert [r["sample_id"] for r in query("SELECT sample_id FROM dataset", path=db_path)] == ["s-base"]
 
 
 def test_rerun_adds_nothing_and_keeps_rows(db_path: Path) -> None:

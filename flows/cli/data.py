@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import duckdb
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from flows.cli import app
 from tasks import store
@@ -40,9 +44,9 @@ def ingest_command(
         try:
             stats = ingest(coco, one_split, db, strict=strict, check_images=check_images)
         except IngestError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             raise typer.Exit(1) from None
-        table = Table(title=f"ingest {one_split} (run {stats.run_id})")
+        table = Table(title=escape(f"ingest {one_split} (run {stats.run_id})"))
         for col in ("", "valid", "new"):
             table.add_column(col, justify="right")
         for name in ("images", "captions", "objects"):
@@ -50,13 +54,74 @@ def ingest_command(
         console.print(table)
         if stats.issues:
             err_console.print(f"[yellow]skipped {len(stats.issues)} bad record(s):[/yellow] "
-                              + ", ".join(f"{reason}={n}" for reason, n in sorted(stats.skipped.items())))
-            for issue in stats.issues[:10]:
-                err_console.print(f"  {issue.reason}: {issue.message()}", highlight=False)
+                              + escape(", ".join(f"{reason}={n}" for reason, n in sorted(stats.skipped.items()))))
+            for issue in stats.issues[:10]:  # messages quote the data ("bbox must be 4 numbers [...]"): verbatim
+                err_console.print(f"  {issue.reason}: {issue.message()}", highlight=False, markup=False)
             if len(stats.issues) > 10:
                 query = f"SELECT * FROM ingest_errors WHERE run_id = '{stats.run_id}'"
-                err_console.print(f'  ... all of them: vistune sql "{query}"', highlight=False)
-    console.print(f"database: {store.resolve_db(db)}")
+                err_console.print(f'  ... all of them: vistune sql "{query}"', highlight=False, markup=False)
+    console.print(f"database: {store.resolve_db(db)}", markup=False, highlight=False)
+
+
+# What `vistune sql` runs: queries. Everything else is refused before DuckDB sees it (one line, exit 2),
+# and the connection itself is read-only, cannot touch files beyond the journal segments it shows
+# (enable_external_access=false) and cannot be reconfigured (lock_configuration=true).
+_REFUSED = {
+    "COPY": "COPY reads or writes files",
+    "COPY_DATABASE": "COPY FROM DATABASE writes another database",
+    "EXPORT": "EXPORT DATABASE writes files",
+    "ATTACH": "ATTACH opens another database",
+    "DETACH": "DETACH changes the attached databases",
+    "CREATE": "CREATE makes objects (temporary ones too)",
+    "CREATE_FUNC": "CREATE FUNCTION makes objects",
+    "SET": "SET/RESET changes the configuration",
+    "VARIABLE_SET": "SET VARIABLE changes the session",
+    "LOAD": "INSTALL/LOAD add extensions",
+    "EXTENSION": "extension statements add extensions",
+    "CALL": "CALL runs procedures (use SELECT * FROM pragma_...() for read-only table functions)",
+    "TRANSACTION": "transactions are not needed to read",
+}
+# PRAGMAs that only read (pragma name -> allowed); any other PRAGMA may change settings or data.
+_READ_PRAGMAS = frozenset({"table_info", "show", "show_tables", "show_tables_expanded", "show_databases",
+                           "database_list", "database_size", "storage_info", "version", "platform", "functions",
+                           "collations", "metadata_info", "user_agent"})
+_PRAGMA_NAME = re.compile(r"^\s*PRAGMA\s+(\w+)", re.IGNORECASE)
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALYZE\s+)?(?:\([^)]*\)\s*)?(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+class Refused(Exception):
+    """A statement `vistune sql` does not run."""
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Raise `Refused` unless every statement of `query` is a query (SELECT, EXPLAIN of one, a read-only PRAGMA)."""
+    for statement in con.extract_statements(query):
+        kind = statement.type.name
+        if kind == "SELECT":
+            continue
+        if kind == "EXPLAIN":
+            inner = _EXPLAIN.match(statement.query)
+            if inner and inner.group(1).strip():
+                check_read_only(con, inner.group(1))  # EXPLAIN ANALYZE runs what it explains
+                continue
+        if kind == "PRAGMA":
+            name = _PRAGMA_NAME.match(statement.query)
+            if name and name.group(1).lower() in _READ_PRAGMAS:
+                continue
+            raise Refused(f"PRAGMA {name.group(1) if name else ''} may change settings or data".replace("  ", " "))
+        raise Refused(_REFUSED.get(kind, f"{kind} statements change the database"))
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, readable: list[Path]) -> None:
+    """No file access but `readable` (the journal segments of the `responses` view), no configuration changes."""
+    con.execute("SET allowed_paths = ?", [[str(p) for p in readable]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err_console.print(Text("error: ", style="red") + Text(message), soft_wrap=True)  # data, never markup; one line
+    return typer.Exit(code)
 
 
 @app.command("sql")
@@ -72,14 +137,21 @@ def sql_command(
 ) -> None:
     """Run a read-only SQL query against the store (safe while a flow is writing).
 
-    `responses` includes the answers that running (or crashed) generations have journaled but not
-    yet flushed, so it is current to the second; the plain `duckdb` CLI sees the last flush.
+    Queries only: SELECT (DESCRIBE, SHOW, SUMMARIZE), EXPLAIN and read-only PRAGMAs. Writes, COPY,
+    ATTACH, file readers (read_csv, read_text, glob), SET, INSTALL/LOAD and temporary objects are
+    refused. `responses` includes the answers that running (or crashed) generations have journaled
+    but not yet flushed, so it is current to the second; the plain `duckdb` CLI sees the last flush.
     """
+    db_file = store.resolve_db(db)
+    listed: list[Path] = []
     for tries_left in (2, 1, 0):
         try:
             with store.read(db, timeout_s=timeout) as con:
-                if not flushed_only:
-                    journal.include_journal_rows(con, store.resolve_db(db))
+                check_read_only(con, query)
+                listed = [] if flushed_only else journal.segments(db_file)
+                if listed:  # the view reads the segments: made before file access is switched off
+                    journal.include_journal_rows(con, db_file, listed)
+                lock_down(con, listed)
                 cur = con.execute(query)
                 if cur.description is None:
                     return
@@ -87,13 +159,18 @@ def sql_command(
                 rows = cur.fetchall()
             break
         except FileNotFoundError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
+            raise _fail(str(exc), 1) from None
+        except Refused as exc:
+            raise _fail(f"refused: {exc}; `vistune sql` runs read-only queries only", 2) from None
+        except duckdb.PermissionException as exc:
+            if tries_left and any(not p.exists() for p in listed):
+                continue  # a flushed segment vanished: DuckDB then looks for other files, which it may not
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise _fail(f"refused: `vistune sql` reads the database only, no other file ({first})", 2) from None
         except Exception as exc:  # DuckDB's errors already say what is wrong with the query
             if tries_left and journal.is_vanished_segment(exc):
                 continue  # a flush moved a journal segment into the table meanwhile: list them again
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
+            raise _fail(str(exc), 1) from None
     if output == "json":
         print(json.dumps([dict(zip(names, r, strict=True)) for r in rows], default=str, ensure_ascii=False, indent=1))
     elif output == "csv":
@@ -102,7 +179,7 @@ def sql_command(
         writer.writerows(rows)
     else:
         shown = f", first {max_rows} shown" if len(rows) > max_rows else ""
-        table = Table(*names, caption=f"{len(rows)} row(s){shown}")
+        table = Table(*(escape(n) for n in names), caption=f"{len(rows)} row(s){shown}")
         for row in rows[:max_rows]:
-            table.add_row(*("NULL" if v is None else str(v) for v in row))
+            table.add_row(*(Text("NULL" if v is None else str(v)) for v in row))  # Text: cells are data, not markup
         console.print(table)

@@ -248,7 +248,11 @@ def _store_results(
                 status="server_error", error=f"batch {row.batch_id} ended '{row.status}' without a result for it",
                 mode="batch", created_at=store.utcnow(), run_id=row.run_id,
             ))
+    secret = [client.api_key] if client.api_key and client.api_key != "not-needed" else []
     for r in responses:
+        if secret:  # an endpoint may echo the key: it never reaches the journal
+            r.content = llm_client.redact_exact(r.content, secret) if r.content else r.content
+            r.error = llm_client.redact(r.error, secret) if r.error else r.error
         journal.append(r.model_dump(mode="json"))
         if stats is not None:
             stats.add_response(r)

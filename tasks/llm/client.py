@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +28,14 @@ REQUEST_ID_HEADER = "X-Vistune-Request-Id"
 MAX_BAD_BODY_CHARS = 20000
 
 
-def make_client(*, base_url: str | None, api_key: str | None, timeout: float) -> openai.AsyncOpenAI:
+def make_client(
+    *, base_url: str | None, api_key: str | None, timeout: float, default_headers: dict[str, str] | None = None
+) -> openai.AsyncOpenAI:
     """An AsyncOpenAI with our timeout and no built-in retries (we retry, so every attempt is recorded).
 
     Its own HTTP client is the SDK's aiohttp one (`openai[aiohttp]`, a dependency), used by
     `--transport sdk`: measured here at ~1.0 ms of client CPU per call against ~1.8 ms for httpx.
+    `default_headers` override the SDK's (e.g. `Authorization` for Basic auth).
     """
     return openai.AsyncOpenAI(
         base_url=base_url,
@@ -40,14 +43,28 @@ def make_client(*, base_url: str | None, api_key: str | None, timeout: float) ->
         max_retries=0,
         timeout=timeout,
         http_client=openai.DefaultAioHttpClient(timeout=timeout),
+        default_headers=default_headers,
     )
 
 
-def redact(text: str, secret: str | None) -> str:
-    """Remove the API key (and anything shaped like an OpenAI key) from a message."""
-    if secret:
-        text = text.replace(secret, "[redacted]")
+def redact(text: str, secret: str | Sequence[str] | None) -> str:
+    """Remove the API key (or each of several secrets), and anything shaped like an OpenAI key, from a message."""
+    text = redact_exact(text, secret)
     return _KEY_PATTERN.sub("sk-[redacted]", text)
+
+
+def redact_exact(text: str, secret: str | Sequence[str] | None) -> str:
+    """Replace each secret by `[redacted]`, also as it reads inside a JSON string; nothing else changes.
+
+    For model content: the `sk-` pattern of `redact` would also eat ordinary words ("task-oriented").
+    """
+    for one in ([secret] if isinstance(secret, str) or secret is None else secret):
+        if not one:
+            continue
+        for form in {one, json.dumps(one, ensure_ascii=False)[1:-1], json.dumps(one)[1:-1]}:
+            if form in text:
+                text = text.replace(form, "[redacted]")
+    return text
 
 
 def api_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -72,13 +89,26 @@ class Attempt:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-async def attempt(sender: ChatSender, request: LlmRequest, *, api_key: str | None = None) -> Attempt:
+async def attempt(
+    sender: ChatSender, request: LlmRequest, *, api_key: str | None = None, secrets: Sequence[str] = ()
+) -> Attempt:
     """Send one chat completion and classify what came back (never raises for API trouble).
 
     The request id travels as the `X-Vistune-Request-Id` header (providers ignore it; the simulator
     logs it, so tests can tell which request each served call was). The content is checked by the
-    parser registered for `request.kind`.
+    parser registered for `request.kind`. The key and `secrets` are cut out of the content and the
+    error text (an endpoint may echo them), so they never reach the journal.
     """
+    secret = [s for s in (api_key, *secrets) if s]
+    result = await _attempt(sender, request, secret)
+    if secret and result.content:
+        result.content = redact_exact(result.content, secret)
+    if result.error:
+        result.error = redact(result.error, secret)
+    return result
+
+
+async def _attempt(sender: ChatSender, request: LlmRequest, api_key: list[str]) -> Attempt:
     start = time.perf_counter()
     headers = {REQUEST_ID_HEADER: request.request_id} if request.request_id else {}
     payload = {"model": request.model, "messages": request.messages, **api_params(request.params)}
@@ -157,7 +187,7 @@ def status_for_http(code: int) -> str:
     return "client_error"
 
 
-def _status_error(reply: Reply, latency: float, api_key: str | None) -> Attempt:
+def _status_error(reply: Reply, latency: float, api_key: str | Sequence[str] | None) -> Attempt:
     code = reply.status
     return Attempt(
         status_for_http(code),

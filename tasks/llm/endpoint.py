@@ -6,6 +6,7 @@ a pool of endpoints (several providers or local servers for one model) will choo
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 import openai
@@ -28,14 +29,34 @@ class Endpoint:
     limiter: RateLimiter
     api_key: str | None = None
     batch_prices: bool = False  # True: the Batch API's discounted prices
+    secrets: tuple[str, ...] = ()  # what must never reach disk: the key, the URL's user:password
 
     @classmethod
     def open(cls, config: GenerateConfig, limiter: RateLimiter, name: str = "default") -> Endpoint:
-        """The endpoint of `config` (`base_url`, key, timeout, transport) with `limiter`."""
+        """The endpoint of `config` (`base_url`, key, timeout, transport) with `limiter`.
+
+        Credentials that came in the URL (`http://user:pass@host/v1`, kept out of `base_url` by
+        `GenerateConfig`) are sent as HTTP Basic auth; an endpoint takes one `Authorization` header, so
+        they cannot go with an API key (ValueError, before anything is sent).
+        """
         key = config.api_key.get_secret_value() if config.api_key else None
-        client = llm_client.make_client(base_url=config.base_url, api_key=key, timeout=config.timeout)
+        headers = None
+        if config.base_url_credentials is not None:
+            if key:
+                raise ValueError(
+                    f"the base URL ({config.base_url}) carries a user:password and an API key is set too; an "
+                    "endpoint takes one Authorization header: unset OPENAI_API_KEY or remove the credentials")
+            basic = base64.b64encode(config.base_url_credentials.get_secret_value().encode()).decode()
+            headers = {"Authorization": f"Basic {basic}"}
+        client = llm_client.make_client(base_url=config.base_url, api_key=key, timeout=config.timeout,
+                                        default_headers=headers)
         sender = transport.make_sender(client, config.transport, config.timeout)
-        return cls(name, config.base_url, client, sender, limiter, key)
+        secrets: list[str | None] = [key]
+        if config.base_url_credentials is not None:  # as given, as sent (Basic), and the password alone
+            userinfo = config.base_url_credentials.get_secret_value()
+            password = userinfo.partition(":")[2]
+            secrets += [userinfo, basic, password if len(password) >= 4 else None]
+        return cls(name, config.base_url, client, sender, limiter, key, secrets=tuple(s for s in secrets if s))
 
     def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         """What an answer with these token counts costs here (0 for a model without a price)."""

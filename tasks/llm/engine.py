@@ -6,16 +6,23 @@ online and batch mode (`tasks/llm/batch.py`); both append their rows to the same
 `runs` row and hold `max_cost_usd` across every run of a `budget_id` (`tasks/llm/budget.py`).
 
 How one online run works (`run_requests`):
-- leftover journals of crashed runs are loaded into DuckDB first, then requests are read in
-  chunks and those that already have an `ok` response are skipped (never paid twice), as are
-  those whose answer made our own parser raise (`parse_error`: re-sending would not fix our bug);
+- leftover journals of crashed runs are loaded into DuckDB first, then requests are *claimed* in
+  chunks (`tasks/store/queries.py` `claim`, one short write transaction per chunk): those that
+  already have an `ok` response are skipped (never paid twice), as are those whose answer made our
+  own parser raise (`parse_error`: re-sending would not fix our bug) and those another engine holds
+  (other processes, workers or threads on the same database); the run looks at those again every
+  `claim_poll_s` until they are answered or their owner is gone, so it ends with its plan done;
 - `concurrency` worker coroutines take requests from a bounded queue (memory stays flat);
 - each request goes to its endpoint (`endpoint_for`, `tasks/llm/endpoint.py`); each attempt waits
   for the endpoint's rate limiter, is sent once (`tasks/llm/client.py`), and its row is
   appended to the journal before the worker looks at anything else; retries use tenacity's
   exponential backoff with full jitter on the retryable statuses (`schemas.generation`);
 - a background loop moves journal rows into `responses` a few seconds after the first answers,
-  then every `flush_interval_s`, in one short transaction (off the event loop) and reports progress.
+  then every `flush_interval_s`, in one short transaction (off the event loop) and reports progress;
+  the same transaction releases the claims of finished requests and renews the others' leases;
+- a circuit breaker stops the run (`EndpointUnreachable`) after `breaker_consecutive_failures`
+  connection failures or timeouts in a row, or when the first `breaker_first_attempts` attempts all
+  failed: a dead endpoint costs seconds, not hours. Every attempt made is stored.
 
 Why tenacity: it is the maintained retry library already in our dependencies; its
 `wait_random_exponential` is the "full jitter" backoff, and `retry_if_result` lets a classified
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,11 +50,15 @@ from tasks.llm.budget import Budget, shared_budget
 from tasks.llm.endpoint import Endpoint
 from tasks.llm.ratelimit import LocalRateLimiter, RateLimiter
 from tasks.store import queries
-from tasks.store.journal import Journal, replay_orphans
+from tasks.store.journal import Journal, include_journal_rows, is_vanished_segment, owner_alive, replay_orphans
 
-__all__ = ["AuthenticationFailed", "Budget", "run_requests", "run_requests_sync", "send", "with_settings"]
+__all__ = ["AuthenticationFailed", "Budget", "EndpointUnreachable", "RunAborted", "run_requests", "run_requests_sync",
+           "send", "with_settings"]
 
-LOAD_CHUNK = 1000
+LOAD_CHUNK = 1000  # the default claim chunk (GenerateConfig.claim_chunk)
+# Statuses that say the endpoint was not reached (the circuit breaker counts them in a row).
+UNREACHABLE_STATUSES = frozenset({"connection_error", "timeout"})
+_STOPPED = "stopped"  # what `_attempt` returns once the breaker tripped: nothing was sent, nothing recorded
 PROGRESS_EVERY_S = 0.5
 FIRST_FLUSH_S = 5.0
 ProgressCallback = Callable[[GenerateStats], None]
@@ -60,23 +72,26 @@ def with_settings(config: GenerateConfig) -> GenerateConfig:
         updates["api_key"] = settings.openai_api_key
     if config.base_url is None and settings.openai_base_url:
         updates["base_url"] = settings.openai_base_url
-    return config.model_copy(update=updates) if updates else config
+    if not updates:
+        return config
+    # validated again (not model_copy): credentials in a URL from the environment move out of it too
+    values = {name: getattr(config, name) for name in type(config).model_fields} | updates
+    filled = type(config).model_validate(values)
+    if config.base_url_credentials is not None and filled.base_url_credentials is None:
+        filled._base_url_credentials = config.base_url_credentials
+    return filled
 
 
-class AuthenticationFailed(RuntimeError):
+class RunAborted(RuntimeError):
+    """The run stopped at once, because every other request would fail the same way. What was sent is stored."""
+
+
+class AuthenticationFailed(RunAborted):
     """The endpoint rejected the API key: the run stops at once instead of failing every request."""
 
 
-def _load_pending(db_path: Path, ids: Sequence[str]) -> tuple[list[LlmRequest], int]:
-    # The requests among `ids` to send, in the given order, and how many are held for a parse_error.
-    with store.read(db_path) as con:
-        found = queries.unanswered(con, ids)
-    if found.missing:
-        raise ValueError(f"{len(found.missing)} request id(s) are not in the `requests` table of {db_path}, "
-                         f"e.g. {found.missing[:3]}: plan them first")
-    for kind in {r.kind for r in found.requests}:
-        parsers.parser_for(kind)  # an unknown kind fails here, before anything is paid
-    return found.requests, len(found.held)
+class EndpointUnreachable(RunAborted):
+    """The circuit breaker tripped: the endpoint failed too many attempts in a row, or every first one."""
 
 
 class _Engine:
@@ -93,8 +108,19 @@ class _Engine:
         self.avg_completion = float(config.max_tokens)  # pessimistic until answers arrive
         self.answers = 0
         self._window: float | None = None  # the wake-up window in force (tasks/llm/wakeups.py); None: not set yet
+        self.endpoint = Endpoint.open(config, limiter)  # first: a bad endpoint config fails before any file exists
         self.journal = Journal(db_path)
-        self.endpoint = Endpoint.open(config, limiter)
+        self.owner = self.journal.owner  # claims are held in the journal owner's name (tasks/store/queries.py)
+        self._claimed: set[str] = set()  # claimed by this engine and not finished
+        self._finished: list[str] = []  # finished since the last flush: their claims go with that flush
+        self._lost: set[str] = set()  # claims another engine took over (this one outlived its lease)
+        self._renewed = time.monotonic()
+        self._claiming: asyncio.Future | None = None  # the claim transaction in progress, if any
+        # circuit breaker
+        self._unreachable_in_a_row = 0
+        self._first_failures: Counter[str] = Counter()  # statuses of the failed attempts before the first ok
+        self._seen_ok = False
+        self._tripped: EndpointUnreachable | None = None
         self.retrying = AsyncRetrying(
             stop=stop_after_attempt(config.max_attempts),
             wait=wait_random_exponential(multiplier=config.backoff_base_s, max=config.backoff_max_s),
@@ -134,7 +160,32 @@ class _Engine:
         self.journal.append(row)
         self.stats.add_response(row)
 
+    def _breaker(self, status: str, error: str | None) -> None:
+        # Count the attempt; trip when the endpoint looks dead (see the module docstring).
+        if self._tripped is not None:
+            return
+        self._unreachable_in_a_row = self._unreachable_in_a_row + 1 if status in UNREACHABLE_STATUSES else 0
+        if status == "ok":
+            self._seen_ok = True
+        elif status != "rate_limited" and not self._seen_ok:
+            self._first_failures[status] += 1
+        where = self.config.base_url or "api.openai.com"
+        if self._unreachable_in_a_row >= self.config.breaker_consecutive_failures:
+            what = f"{self._unreachable_in_a_row} attempts in a row could not reach {where}"
+        elif not self._seen_ok and self._first_failures.total() >= self.config.breaker_first_attempts:
+            counts = ", ".join(f"{s}={n}" for s, n in sorted(self._first_failures.items()))
+            what = f"the first {self._first_failures.total()} attempts at {where} all failed ({counts})"
+        else:
+            return
+        self._tripped = EndpointUnreachable(
+            f"stopped: {what}; last error: {error or status}. Nothing more is sent; every attempt is stored, "
+            "and a rerun sends only what has no good answer. Check --base-url / OPENAI_BASE_URL and that the "
+            "endpoint is up."
+        )
+
     async def _attempt(self, request: LlmRequest, counter: list[int]) -> str:
+        if self._tripped is not None:  # the breaker tripped: send nothing more (calls in flight still finish)
+            return _STOPPED
         endpoint = self.endpoint_for(request)
         counter[0] += 1
         estimate = endpoint.cost_usd(request.model, request.est_input_tokens, int(self.avg_completion))
@@ -144,7 +195,8 @@ class _Engine:
             return "budget_exceeded"
         try:
             await endpoint.limiter.acquire(1, request.est_input_tokens + int(request.params.get("max_tokens") or 0))
-            result = await llm_client.attempt(endpoint.sender, request, api_key=endpoint.api_key)
+            result = await llm_client.attempt(endpoint.sender, request, api_key=endpoint.api_key,
+                                             secrets=endpoint.secrets)
         except BaseException:
             self.budget.settle(estimate, 0.0)
             raise
@@ -165,37 +217,120 @@ class _Engine:
         if result.status == "rate_limited":
             endpoint.limiter.penalize(result.retry_after_s if result.retry_after_s is not None else 1.0)
         if result.http_status in (401, 403):  # every other request would fail the same way
-            raise AuthenticationFailed(
-                f"the API refused the key (HTTP {result.http_status}): {result.error}. "
+            code = f"HTTP {result.http_status}"
+            error = result.error or code
+            raise AuthenticationFailed(  # the client's error text starts with "HTTP 401: " already: say it once
+                f"the API refused the key ({error if error.startswith(code) else f'{code}: {error}'}). "
                 "Check OPENAI_API_KEY / --base-url; nothing else was sent after this."
             )
+        self._breaker(result.status, result.error)
         return result.status
 
     async def _one(self, request: LlmRequest) -> None:
+        rid = request.request_id
+        if rid in self._lost:  # another engine took the claim over: it sends this one
+            self._lost.discard(rid)
+            self._claimed.discard(rid)
+            self.stats.taken_over += 1
+            return
         counter = [0]
         status = await self.retrying(self._attempt, request, counter)
+        if status == _STOPPED:  # not finished: its claim goes with the others when the run ends
+            return
+        self._claimed.discard(rid)
+        self._finished.append(rid)  # after its last row is journaled: the next flush stores it, then releases it
         self.stats.final_by_status[status] = self.stats.final_by_status.get(status, 0) + 1
         if status == "ok":
             self.stats.done += 1
         else:
             self.stats.failed += 1
 
+    def _claim(self, ids: Sequence[str], in_journals: bool = False) -> queries.Claimed:
+        # One short write transaction: which of `ids` this engine sends (tasks/store/queries.py `claim`).
+        # `in_journals`: answers other live engines journaled but have not flushed count as answered
+        # (used while waiting for their claims, so a waiting run ends as soon as the answers exist).
+        replay_orphans(self.db_path)  # a dead engine's answers are stored and its claims freed first
+        for tries_left in (2, 1, 0):
+            try:
+                with store.write(self.db_path) as con:
+                    if in_journals:
+                        include_journal_rows(con, self.db_path)  # shadows `responses` in this connection only
+                    got = queries.claim(con, ids, self.owner, lease_s=self.config.claim_lease_s,
+                                        now=store.utcnow(), run_id=self.run_id,
+                                        owner_alive=lambda owner: owner_alive(self.db_path, owner))
+                    if got.missing:  # raised inside the transaction: nothing is claimed
+                        raise ValueError(f"{len(got.missing)} request id(s) are not in the `requests` table of "
+                                         f"{self.db_path}, e.g. {got.missing[:3]}: plan them first")
+                    for kind in {r.kind for r in got.requests}:
+                        parsers.parser_for(kind)  # an unknown kind fails here, before anything is paid
+                return got
+            except Exception as exc:  # a segment flushed away while it was read: list them again
+                if not (in_journals and tries_left and is_vanished_segment(exc)):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _claim_async(self, ids: Sequence[str], in_journals: bool = False) -> queries.Claimed:
+        # Shielded: a cancelled run still waits for (and then releases) a claim transaction in progress.
+        self._claiming = asyncio.get_running_loop().run_in_executor(None, self._claim, ids, in_journals)
+        return await asyncio.shield(self._claiming)
+
+    async def _enqueue(self, got: queries.Claimed, queue: asyncio.Queue) -> list[str]:
+        # Count what needs no sending, queue what was claimed; returns the ids held by other engines.
+        self.stats.held_parse_error += len(got.held)
+        self.stats.already_ok += len(got.answered)
+        for request in got.requests:
+            self._claimed.add(request.request_id)
+            await queue.put(request)
+        return got.busy
+
     async def _produce(self, ids: Sequence[str], queue: asyncio.Queue) -> None:
-        for i in range(0, len(ids), LOAD_CHUNK):
-            chunk = ids[i : i + LOAD_CHUNK]
-            rows, held = await asyncio.to_thread(_load_pending, self.db_path, chunk)
-            self.stats.held_parse_error += held
-            self.stats.already_ok += len(chunk) - len(rows) - held
-            if i == 0:  # sending starts now; the first load itself was not held to a window boundary
+        chunk = self.config.claim_chunk
+        waiting: list[str] = []
+        for i in range(0, len(ids), chunk):
+            if self._tripped is not None:
+                break
+            got = await self._claim_async(ids[i : i + chunk])
+            if i == 0:  # sending starts now; the first claim itself was not held to a window boundary
                 self._size_wakeup_window()
-            for row in rows:
-                await queue.put(row)
+            waiting += await self._enqueue(got, queue)
+        while waiting and self._tripped is None:  # requests other engines hold: wait until answered or owner gone
+            await asyncio.sleep(self.config.claim_poll_s)
+            still: list[str] = []
+            for i in range(0, len(waiting), chunk):
+                still += await self._enqueue(await self._claim_async(waiting[i : i + chunk], True), queue)
+            waiting = still
         for _ in range(self.config.concurrency):
             await queue.put(None)
 
     async def _work(self, queue: asyncio.Queue) -> None:
         while (request := await queue.get()) is not None:
-            await self._one(request)
+            if self._tripped is None:  # after a trip the queue is drained, so the producer can stop
+                await self._one(request)
+
+    async def _flush(self, *, release_all: bool = False) -> None:
+        # Move journal rows into `responses`; in the same transaction release the claims of the requests
+        # finished before it (their rows are in it) and renew the leases of the others.
+        finished, self._finished = self._finished, []
+        before = set(self._claimed)
+        lease, owner = self.config.claim_lease_s, self.owner
+        held: set[str] | None = None
+
+        def settle(con: Any) -> None:
+            nonlocal held
+            if release_all:
+                queries.release_claims(con, owner)
+            else:
+                queries.release_claims(con, owner, finished)
+                held = queries.renew_claims(con, owner, lease_s=lease, now=store.utcnow())
+
+        try:
+            await asyncio.to_thread(self.journal.flush, settle)
+        except BaseException:
+            self._finished = finished + self._finished  # released by a later flush
+            raise
+        self._renewed = time.monotonic()
+        if held is not None:  # claims that are gone were taken over after our lease expired: do not send those
+            self._lost |= (before & self._claimed) - held
 
     async def _flush_loop(self, on_progress: ProgressCallback | None, started: float) -> None:
         last_flush = time.monotonic()
@@ -203,8 +338,9 @@ class _Engine:
         while True:
             await asyncio.sleep(min(PROGRESS_EVERY_S, self.config.flush_interval_s))
             due = time.monotonic() - last_flush >= interval and self.journal.pending > 0
-            if due or self.journal.pending >= self.config.flush_rows:
-                await asyncio.to_thread(self.journal.flush)
+            renew = time.monotonic() - self._renewed >= self.config.claim_lease_s / 3
+            if due or renew or self.journal.pending >= self.config.flush_rows:
+                await self._flush()
                 last_flush, interval = time.monotonic(), self.config.flush_interval_s
             if on_progress is not None:
                 self.stats.wall_s = time.monotonic() - started
@@ -223,12 +359,19 @@ class _Engine:
                         group.create_task(self._work(queue))
             except BaseExceptionGroup as failed:  # surface the cause, not asyncio's wrapper
                 raise failed.exceptions[0] from None
+            if self._tripped is not None:  # after the calls in flight were stored
+                raise self._tripped
         finally:
             self._set_window(0.0)  # the last flush and closes answer at once, not on window boundaries
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
-            await asyncio.to_thread(self.journal.close)
-            await self.endpoint.close()
+            if self._claiming is not None:  # a claim committing now must be released below
+                await asyncio.wait([self._claiming])
+            try:
+                await self._flush(release_all=True)  # every row stored, then every claim of this engine freed
+            finally:
+                await asyncio.to_thread(self.journal.close)
+                await self.endpoint.close()
         self.stats.wall_s = time.monotonic() - started
         if on_progress is not None:
             on_progress(self.stats.model_copy(deep=True))
@@ -247,8 +390,9 @@ def budget_id_of(config: GenerateConfig, run_id: str) -> str:
 
 def start_run(db_path: Path, config: GenerateConfig, run_id: str) -> RunRow:
     """Write the `runs` row of a starting generation run (online or batch) and return it."""
-    # Never the API key: runs rows are readable by anyone with the database. The budget id is
-    # always filled in: it is how later runs find the money this one spent.
+    # Never the API key, nor credentials of the URL (GenerateConfig keeps them out of `base_url`): runs
+    # rows are readable by anyone with the database. The budget id is always filled in: it is how
+    # later runs find the money this one spent.
     params = config.model_dump(mode="json", exclude={"api_key"}) | {"budget_id": budget_id_of(config, run_id)}
     run = RunRow(run_id=run_id, kind="generate", started_at=store.utcnow(), params=params)
     _write_run(db_path, run)
@@ -286,7 +430,9 @@ async def run_requests(
     """Send every request among `request_ids` that lacks an `ok` response online; returns the run's counts.
 
     `limiter` is any `RateLimiter` (default: an in-process one from `config.rpm`/`config.tpm`,
-    learning from headers). `on_progress` gets a stats snapshot at most every 0.5 s.
+    learning from headers). `on_progress` gets a stats snapshot at most every 0.5 s. Requests other
+    engines hold are waited for, not sent (`claim`). Raises `RunAborted` (`AuthenticationFailed`,
+    `EndpointUnreachable`) when sending more is pointless; the run is then marked failed.
     """
     db = store.resolve_db(db_path)
     check_budget_model(config)

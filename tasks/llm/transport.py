@@ -76,7 +76,8 @@ def make_sender(client: openai.AsyncOpenAI, transport: str, timeout: float) -> C
 
 def request_headers(client: openai.AsyncOpenAI) -> dict[str, str]:
     """The headers the SDK would send (auth, user agent, organisation/project when set), as plain strings."""
-    merged = {**client.default_headers, **client.auth_headers}
+    # as the SDK merges them: headers given to the client (e.g. Basic auth) override its auth headers
+    merged = {**client.auth_headers, **client.default_headers}
     return {k: v for k, v in merged.items() if isinstance(v, str)}  # the SDK marks unset ones with `Omit`
 
 
@@ -127,7 +128,7 @@ class AiohttpSender:
                 return Reply(response.status, response.headers, await response.read())
         except TimeoutError as exc:
             raise SendTimeout("no response within the timeout") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: aiohttp refusing a URL or header
             raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:

@@ -45,10 +45,14 @@ MIGRATIONS: list[tuple[int, str]] = [
 # inside a caller's transaction does not deadlock its own thread.
 DB_LOCK = threading.RLock()
 
+# One sample per (image, sample type, prompt version): the first accepted one, should a slot hold two
+# (answers of two processes before claims existed, or of two output formats).
 DATASET_VIEW = """
 CREATE OR REPLACE VIEW dataset AS
 SELECT s.* FROM samples s
 WHERE NOT EXISTS (SELECT 1 FROM duplicates d WHERE d.sample_id = s.sample_id)
+QUALIFY row_number() OVER (PARTITION BY s.image_id, s.sample_type, s.prompt_version
+                           ORDER BY s.created_at, s.sample_id) = 1
 """
 
 # Files are written in a format that DuckDB 1.5 (the current `duckdb` CLI on PyPI) can still read,

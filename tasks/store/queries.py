@@ -8,13 +8,22 @@ Two levels, one rule:
   when an answer awaits validation, or when its answers were rejected more than
   `max_regenerations` times; otherwise the plan sends (or re-sends) its next request
   (`slot_states`, used by `tasks/prompting/plan.py` and README query 7's view).
+
+Concurrent engines (processes, Prefect workers, threads) on one database send each request once:
+`claim` takes the unanswered requests of a chunk for one engine in one short write transaction,
+skipping those another engine holds. A claim is released once the request's rows are in
+`responses` (`release_claims`, in the flush's own transaction), so "no `ok` row and no live claim"
+means nobody has the answer. A dead engine's claims are released when its journal is replayed
+(`tasks/store/journal.py` `replay_orphans`); an expired lease frees a claim whose owner has no
+journal here (`owner_alive` decides).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import duckdb
@@ -68,6 +77,14 @@ def slot_states(con: duckdb.DuckDBPyConnection, model: str) -> dict[tuple[int, s
     return {(r[0], r[1], r[2]): SlotState(bool(r[3]), int(r[4]), bool(r[5])) for r in rows}
 
 
+class Unanswered(NamedTuple):
+    """What `unanswered` found among the ids it was given."""
+
+    requests: list[LlmRequest]  # to send, in the order given
+    missing: list[str]  # ids that are not in `requests`: plan them first
+    held: list[str]  # answered, but our own parser raised (`parse_error`): re-sending would not fix it
+
+
 def slot_summary(con: duckdb.DuckDBPyConnection, max_regenerations: int) -> dict[str, int]:
     """How many answered slots (every model) are accepted, awaiting validation, to regenerate or given up."""
     rows = con.execute("SELECT accepted, rejected, awaiting_validation FROM slot_status").fetchall()
@@ -75,14 +92,6 @@ def slot_summary(con: duckdb.DuckDBPyConnection, max_regenerations: int) -> dict
     for accepted, rejected, awaiting in rows:
         counts[SlotState(bool(accepted), int(rejected), bool(awaiting)).label(max_regenerations)] += 1
     return counts
-
-
-class Unanswered(NamedTuple):
-    """What `unanswered` found among the ids it was given."""
-
-    requests: list[LlmRequest]  # to send, in the order given
-    missing: list[str]  # ids that are not in `requests`: plan them first
-    held: list[str]  # answered, but our own parser raised (`parse_error`): re-sending would not fix it
 
 
 def unanswered(con: duckdb.DuckDBPyConnection, ids: Sequence[str], *, skip_open_batches: bool = False) -> Unanswered:
@@ -110,6 +119,85 @@ def unanswered(con: duckdb.DuckDBPyConnection, ids: Sequence[str], *, skip_open_
         missing=[i for i in ids if i not in known],
         held=[r[0] for r in rows if r[7] and not r[6]],
     )
+
+
+class Claimed(NamedTuple):
+    """What `claim` found among the ids it was given; every id is in exactly one list."""
+
+    requests: list[LlmRequest]  # claimed for the caller now: send them, in the order given
+    missing: list[str]  # not in `requests`: plan them first
+    held: list[str]  # answered with `parse_error` (see `Unanswered.held`)
+    answered: list[str]  # have an `ok` response
+    busy: list[str]  # claimed by another engine that may be sending them: look again later
+
+
+def claim(
+    con: duckdb.DuckDBPyConnection,
+    ids: Sequence[str],
+    owner: str,
+    *,
+    lease_s: float,
+    now: datetime,
+    run_id: str | None = None,
+    owner_alive: Callable[[str], bool] = lambda owner: True,
+) -> Claimed:
+    """Claim for `owner` the requests among `ids` that still need an answer and no other engine holds.
+
+    Call it inside a write transaction (`store.write`): the read and the insert must be atomic. A
+    claim held by another owner is taken over only when its lease (`expires_at`) has passed and
+    `owner_alive(owner)` is False. Only the claimed requests' messages are read.
+    """
+    rows = con.execute(
+        "SELECT q.request_id, "
+        "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'ok'), "
+        "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'parse_error'), "
+        "c.owner, c.expires_at FROM requests q LEFT JOIN claims c ON c.request_id = q.request_id "
+        "WHERE q.request_id IN (SELECT unnest(?::VARCHAR[]))",
+        [list(ids)],
+    ).fetchall()
+    state = {r[0]: r[1:] for r in rows}
+    answered, held, busy, mine = [], [], [], []
+    alive: dict[str, bool] = {}
+    for rid in dict.fromkeys(ids):
+        if rid not in state:
+            continue
+        ok, parse_error, holder, expires = state[rid]
+        if ok:
+            answered.append(rid)
+        elif parse_error:
+            held.append(rid)
+        elif holder is None or holder == owner:
+            mine.append(rid)
+        elif expires > now or alive.setdefault(holder, owner_alive(holder)):
+            busy.append(rid)
+        else:  # the lease passed and its owner is gone: take it over
+            mine.append(rid)
+    missing = [i for i in ids if i not in state]
+    if mine and not missing:  # a caller refuses missing ids: claim nothing then
+        con.execute(
+            "INSERT OR REPLACE INTO claims (request_id, owner, run_id, claimed_at, expires_at) "
+            "SELECT unnest(?::VARCHAR[]), ?, ?, ?, ?", [mine, owner, run_id, now, now + timedelta(seconds=lease_s)])
+    found = con.execute(
+        "SELECT request_id, kind, model, messages, params, est_input_tokens FROM requests "
+        "WHERE request_id IN (SELECT unnest(?::VARCHAR[]))", [mine]).fetchall() if mine else []
+    by_id = {r[0]: LlmRequest(r[0], r[1], r[2], _json(r[3]), _json(r[4]), r[5]) for r in found}
+    return Claimed([by_id[rid] for rid in mine], missing, held, answered, busy)
+
+
+def renew_claims(con: duckdb.DuckDBPyConnection, owner: str, *, lease_s: float, now: datetime) -> set[str]:
+    """Extend every lease `owner` holds to `now + lease_s`; returns the request ids it still holds."""
+    rows = con.execute("UPDATE claims SET expires_at = ? WHERE owner = ? RETURNING request_id",
+                       [now + timedelta(seconds=lease_s), owner]).fetchall()
+    return {r[0] for r in rows}
+
+
+def release_claims(con: duckdb.DuckDBPyConnection, owner: str, ids: Sequence[str] | None = None) -> None:
+    """Drop `owner`'s claims on `ids` (all of them when None): their rows are stored, or the owner is gone."""
+    if ids is None:
+        con.execute("DELETE FROM claims WHERE owner = ?", [owner])
+    elif ids:
+        con.execute("DELETE FROM claims WHERE owner = ? AND request_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [owner, list(ids)])
 
 
 def _json(value: Any) -> Any:
