@@ -13,7 +13,7 @@ from schemas.generation import GenerateConfig
 from tasks import store
 from tasks.llm import parsers, pricing, transport
 from tasks.llm.engine import run_requests_sync
-from tests.test_engine_fakes import CountingSender, plant_requests
+from tests.fakes import CountingSender, plant_requests
 
 KIND = "test/budget"
 CALL_USD = pricing.cost_usd("gpt-4o", 1000, 100)  # what each fake answer costs

@@ -11,7 +11,7 @@ from schemas.generation import GenerateConfig
 from tasks import store
 from tasks.llm import parsers, transport
 from tasks.llm.engine import run_requests_sync
-from tests.test_engine_fakes import CountingSender, plant_requests
+from tests.fakes import CountingSender, plant_requests
 
 KIND = "test/buggy-parser"
 

@@ -14,6 +14,7 @@ import pytest
 from bench.gen_scale import synthetic_images
 from tasks import store
 from tasks.store.journal import journal_dir
+from tests.fakes import wait_for
 from tests.sim import SimConfig, start_simulator_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,12 +46,6 @@ def _duckdb_cli_count(db: Path, within_s: float = 5.0) -> int:
         time.sleep(0.05)
 
 
-def _wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_sigkill_mid_run_loses_only_calls_in_flight_and_never_resends_a_good_one(tmp_path: Path) -> None:
@@ -62,7 +57,7 @@ def test_sigkill_mid_run_loses_only_calls_in_flight_and_never_resends_a_good_one
             return sum(1 for r in sim.read_log() if r["status"] == 200)
 
         first = _generate(db, sim.base_url, "--concurrency", str(concurrency))
-        _wait_for(lambda: served_200() >= 40 or first.poll() is not None, 120, "40 answered calls")
+        wait_for(lambda: served_200() >= 40 or first.poll() is not None, 120, "40 answered calls")
         assert first.poll() is None, f"the run ended before the kill: {first.stdout.read()}"
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -111,7 +106,7 @@ def test_readers_get_answers_within_5s_while_generate_writes(tmp_path: Path) -> 
         assert Path(DUCKDB_CLI).exists(), "the duckdb CLI comes with the dev extra: pip install -e '.[dev]'"
         writer = _generate(db, sim.base_url, "--concurrency", "8", "--flush-interval", "1")
         try:
-            _wait_for(lambda: any(journal_dir(db).glob("*.lock")), 60, "generate to start")
+            wait_for(lambda: any(journal_dir(db).glob("*.lock")), 60, "generate to start")
             timings: list[float] = []
             counts: list[int] = []
             cli_answers: list[int] = []

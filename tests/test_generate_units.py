@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from schemas.generation import RESPONSE_STATUSES, RETRYABLE_STATUSES, GenerateConfig
-from schemas.tables import RequestRow, ResponseRow
+from schemas.tables import ResponseRow
 from tasks import store
 from tasks.llm import pricing
 from tasks.llm.batch import batch_line, split_lines
@@ -21,15 +21,7 @@ from tasks.llm.ratelimit import LocalRateLimiter, RateLimiter, parse_duration, r
 from tasks.llm.shared_limiter import SharedRateLimiter
 from tasks.prompting.formats import render
 from tasks.store.journal import Journal, journal_dir, replay_orphans
-
-
-def _plan(db: Path, *request_ids: str) -> None:
-    # Journal rows enter `responses` only for planned requests: plan stand-ins for the ids used here.
-    rows = [RequestRow(request_id=rid, image_id=1, sample_type="conversation", prompt_version="v", model="m",
-                       output_format="structured", messages=[], params={}, est_input_tokens=1,
-                       created_at=store.utcnow()) for rid in request_ids]
-    with store.write(db) as con:
-        store.insert_rows(con, RequestRow, rows)
+from tests.fakes import plan_stand_ins
 
 
 def _body(content: str | None, finish_reason: str = "stop", refusal: str | None = None) -> dict:
@@ -136,7 +128,7 @@ def _row(request_id: str, n: int) -> dict:
 
 def test_journal_flushes_in_batches_and_replays_a_dead_process(db_path: Path) -> None:
     store.ensure_schema(db_path)
-    _plan(db_path, "a", "b", "c")
+    plan_stand_ins(db_path, "a", "b", "c")
     journal = Journal(db_path)
     for i in range(5):
         journal.append(_row("a", i))
@@ -184,7 +176,7 @@ def test_config_never_dumps_the_key() -> None:
 
 def test_journal_survives_concurrent_appends_during_flush(db_path: Path) -> None:
     store.ensure_schema(db_path)
-    _plan(db_path, "p")
+    plan_stand_ins(db_path, "p")
     journal = Journal(db_path)
 
     async def produce() -> None:

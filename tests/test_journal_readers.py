@@ -10,19 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import get_app
-from schemas.tables import RequestRow, ResponseRow
+from schemas.tables import ResponseRow
 from tasks import store
 from tasks.store import journal as journal_module
 from tasks.store.journal import Journal, include_journal_rows, is_vanished_segment, journal_dir
-
-
-def _plan(db: Path, *request_ids: str) -> None:
-    # Journal rows enter `responses` only for planned requests: plan stand-ins for the ids used here.
-    rows = [RequestRow(request_id=rid, image_id=1, sample_type="conversation", prompt_version="v", model="m",
-                       output_format="structured", messages=[], params={}, est_input_tokens=1,
-                       created_at=store.utcnow()) for rid in request_ids]
-    with store.write(db) as con:
-        store.insert_rows(con, RequestRow, rows)
+from tests.fakes import plan_stand_ins
 
 
 def _row(request_id: str, n: int, **fields) -> dict:
@@ -39,7 +31,7 @@ def _sql(db: Path, query: str, *extra: str) -> list[dict]:
 
 def test_sql_sees_unflushed_rows_once_and_flushed_only_does_not(db_path: Path) -> None:
     store.ensure_schema(db_path)
-    _plan(db_path, "a", "b", "c")
+    plan_stand_ins(db_path, "a", "b", "c")
     live = Journal(db_path)
     for i in range(3):
         live.append(_row("a", i))
@@ -65,7 +57,7 @@ def test_sql_sees_unflushed_rows_once_and_flushed_only_does_not(db_path: Path) -
 
 def test_rows_being_flushed_and_torn_lines_are_not_counted_twice(db_path: Path) -> None:
     store.ensure_schema(db_path)
-    _plan(db_path, "a", "d")
+    plan_stand_ins(db_path, "a", "d")
     live = Journal(db_path)
     live.append(_row("a", 1))
     live.flush()
@@ -90,7 +82,7 @@ def test_no_journal_leaves_the_table_as_is(db_path: Path) -> None:
 
 def test_a_segment_flushed_away_mid_query_is_listed_again(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store.ensure_schema(db_path)
-    _plan(db_path, "a", "e")
+    plan_stand_ins(db_path, "a", "e")
     live = Journal(db_path)
     live.append(_row("a", 1))
     extra = journal_dir(db_path) / "997-other.000001.jsonl"
@@ -128,7 +120,7 @@ def test_a_segment_flushed_away_mid_query_is_listed_again(db_path: Path, monkeyp
 def test_odd_database_names_are_quoted(tmp_path: Path) -> None:
     db = tmp_path / "it's a \"db\".duckdb"
     store.ensure_schema(db)
-    _plan(db, "q")
+    plan_stand_ins(db, "q")
     live = Journal(db)
     live.append(_row("q", 1))
     with store.read(db) as con:

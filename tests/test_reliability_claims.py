@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from bench.gen_scale import synthetic_images
-from schemas.tables import RequestRow, SampleRow
+from schemas.tables import SampleRow
 from tasks import store
 from tasks.store import queries
 from tasks.store.journal import Journal, journal_dir, replay_orphans
+from tests.fakes import plan_stand_ins, wait_for
 from tests.sim import SimConfig, start_simulator_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,12 +34,6 @@ CLI = [sys.executable, "-c",
        "main()"]
 
 
-def _plan(db: Path, *request_ids: str) -> None:
-    rows = [RequestRow(request_id=rid, image_id=1, sample_type="conversation", prompt_version="v", model="m",
-                       output_format="structured", kind="conversation/structured", messages=[], params={},
-                       est_input_tokens=1, created_at=store.utcnow()) for rid in request_ids]
-    with store.write(db) as con:
-        store.insert_rows(con, RequestRow, rows)
 
 
 def _claim(db: Path, ids: list[str], owner: str, *, now=None, lease_s: float = 60.0) -> queries.Claimed:
@@ -49,7 +44,7 @@ def _claim(db: Path, ids: list[str], owner: str, *, now=None, lease_s: float = 6
 
 def test_a_claim_is_exclusive_until_released_or_expired_with_its_owner_gone(db_path: Path) -> None:
     store.ensure_schema(db_path)
-    _plan(db_path, "r1", "r2", "r3")
+    plan_stand_ins(db_path, "r1", "r2", "r3")
     first = _claim(db_path, ["r1", "r2"], "A")
     assert [r.request_id for r in first.requests] == ["r1", "r2"]
     again = _claim(db_path, ["r1", "r2", "r3"], "B")
@@ -68,7 +63,7 @@ def test_a_claim_is_exclusive_until_released_or_expired_with_its_owner_gone(db_p
     assert [r.request_id for r in _claim(db_path, ["r2"], "B", now=expired).requests] == ["r2"]
     # A live owner's claim is never taken over, lease or not: its journal lock file says it runs.
     live = Journal(db_path)
-    _plan(db_path, "r4")
+    plan_stand_ins(db_path, "r4")
     assert [r.request_id for r in _claim(db_path, ["r4"], live.owner).requests] == ["r4"]
     assert _claim(db_path, ["r4"], "B", now=expired + timedelta(days=1)).busy == ["r4"]
     with store.write(db_path) as con:  # renewal answers what the owner still holds
@@ -78,7 +73,7 @@ def test_a_claim_is_exclusive_until_released_or_expired_with_its_owner_gone(db_p
 
 def test_replaying_a_dead_engine_frees_its_claims_with_its_rows(db_path: Path) -> None:
     store.ensure_schema(db_path)
-    _plan(db_path, "r1", "r2")
+    plan_stand_ins(db_path, "r1", "r2")
     folder = journal_dir(db_path)
     folder.mkdir(parents=True)
     (folder / "4242-dead.lock").write_text("")  # unheld: its process was killed
@@ -116,12 +111,6 @@ def _generate(db: Path, base_url: str, concurrency: int) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("processes", [2, 4])
@@ -142,7 +131,7 @@ def test_concurrent_processes_one_killed_pay_each_request_once(tmp_path: Path, p
                     return run
             return None
 
-        _wait_for(lambda: busy_process() is not None, 180, "a process with journaled answers")
+        wait_for(lambda: busy_process() is not None, 180, "a process with journaled answers")
         victim = busy_process()
         assert victim is not None
         victim.send_signal(signal.SIGKILL)

@@ -11,27 +11,21 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import get_app
-from schemas.tables import RequestRow
 from tasks import store
 from tasks.store.journal import Journal, journal_dir, replay_orphans
+from tests.fakes import plan_stand_ins
 
 
 def _sql(db: Path, query: str) -> object:
     return CliRunner().invoke(get_app(), ["sql", query, "--db", str(db), "--format", "csv"])
 
 
-def _plan(db: Path, *request_ids: str) -> None:
-    rows = [RequestRow(request_id=rid, image_id=1, sample_type="conversation", prompt_version="v", model="m",
-                       output_format="structured", messages=[], params={}, est_input_tokens=1,
-                       created_at=store.utcnow()) for rid in request_ids]
-    with store.write(db) as con:
-        store.insert_rows(con, RequestRow, rows)
 
 
 @pytest.fixture
 def db(db_path: Path) -> Path:
     store.ensure_schema(db_path)
-    _plan(db_path, "r1")
+    plan_stand_ins(db_path, "r1")
     return db_path
 
 

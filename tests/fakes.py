@@ -1,10 +1,11 @@
-"""Helpers for the engine tests: requests of any kind planted in the store, and a sender that counts calls."""
+"""Test helpers: requests planted in the store, a sender that counts calls, waiting for a condition."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,24 @@ def plant_requests(db: Path, n: int, kind: str, model: str = "gpt-4o", max_token
     with store.write(db) as con:
         store.insert_rows(con, RequestRow, rows)
     return [r.request_id for r in rows]
+
+
+def plan_stand_ins(db: Path, *request_ids: str) -> None:
+    """`requests` rows for the given ids: journal rows enter `responses` only for planned requests."""
+    rows = [RequestRow(request_id=rid, image_id=1, sample_type="conversation", prompt_version="v", model="m",
+                       output_format="structured", messages=[], params={}, est_input_tokens=1,
+                       created_at=store.utcnow()) for rid in request_ids]
+    with store.write(db) as con:
+        store.insert_rows(con, RequestRow, rows)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `predicate` until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
 
 
 def chat_body(content: str, prompt_tokens: int = 1000, completion_tokens: int = 100) -> dict[str, Any]:
