@@ -69,6 +69,9 @@ class _GenerateWhere(_Params):
     """The generate step's own fields: planning, and where the sending runs. The engine's come from GenerateConfig."""
 
     db_path: str | None = Field(default=None, description="DuckDB file; empty = VISTUNE_DB")
+    prompt_set: str | None = Field(
+        default=None, description="prompt set folder, vistune's layout or LLaVA's released one; empty = vistune's own"
+    )
     max_regenerations: int | None = Field(
         default=None, ge=0, description="ask again for a rejected answer at most this often; empty = the setting (2)"
     )

@@ -183,6 +183,7 @@ def run_generate(ctx: Context, params: GenerateParams) -> GenerateStats:  # type
             "plan-requests", plan_requests, ctx.db, sample_types=config.types, model=config.model,
             output_format=config.format, limit_images=config.limit, temperature=config.temperature,
             max_tokens=config.max_tokens, max_regenerations=max_regen, run_id=ctx.run_id,
+            prompt_set=params.prompt_set,
         )
         # Requests sent earlier in this run and still unanswered failed after every retry: a rerun tries them.
         ids = [rid for rid in plan.request_ids if rid not in sent]

@@ -62,8 +62,8 @@ def test_plan_skips_good_samples_and_replans_for_new_model_or_prompt(
 
     real_build = tasks.prompting.prompts.build_messages
 
-    def edited_prompt(ctx, type_name, output_format):  # an edited template has a new version
-        messages, version = real_build(ctx, type_name, output_format)
+    def edited_prompt(ctx, type_name, output_format, prompt_set=None):  # an edited template has a new version
+        messages, version = real_build(ctx, type_name, output_format, prompt_set)
         messages[0] = {**messages[0], "content": messages[0]["content"] + "\nBe concise."}
         return messages, version + "-edited"
 

@@ -306,13 +306,35 @@ def test_system_text_says_how_to_format(type_name: str) -> None:
 @pytest.mark.parametrize("type_name", list(SAMPLE_TYPES))
 def test_example_contexts_and_answers_follow_the_rules(type_name: str) -> None:
     template = load_template(type_name)
-    for context, output in template.examples:  # (context, output) pairs
-        assert isinstance(output, SAMPLE_TYPES[type_name].output_model)
-        assert len(context.captions) == 5
-        assert bool(context.objects) == SAMPLE_TYPES[type_name].sees_boxes
+    for context, output, answer_text in template.examples:
+        assert isinstance(output, SAMPLE_TYPES[type_name].output_model) and answer_text is None
+        assert isinstance(context, ImageContext) and len(context.captions) == 5
+        assert bool(context.objects) == ("boxes" in template.context.fields) == SAMPLE_TYPES[type_name].sees_boxes
         answer = output.model_dump_json().lower()
         for banned in ("caption", "bounding box", "coordinate", "description says", "0."):
             assert banned not in answer, f"{type_name} example mentions {banned!r}"
+
+
+def test_reasoning_examples_ask_without_giving_the_picture_away() -> None:
+    # The paper's questions are content-free ("What is unusual about this photo?"): the answer names what is shown.
+    for i, example in enumerate(load_template("complex_reasoning").examples):
+        question = example.output.question.lower()
+        named = {o.category for o in example.context.objects} - {"person"}  # "the person here" reveals nothing
+        assert not [c for c in named if c in question], f"example {i} names what the picture shows: {question!r}"
+        assert len(question.split()) <= 12
+        assert len(example.output.answer.split()) >= 120
+
+
+def test_conversation_examples_vary_rounds_and_answer_hard_questions_at_length() -> None:
+    examples = load_template("conversation").examples
+    assert 2 <= len(examples) <= 3
+    assert len({len(e.output.rounds) for e in examples}) == len(examples)  # no fixed number of rounds
+    assert min(len(e.output.rounds) for e in examples) == 1
+    for i, example in enumerate(examples):
+        longest = max(len(r.answer.split()) for r in example.output.rounds)
+        assert 150 <= longest <= 350, f"example {i}: its hard answer has {longest} words"
+    system = load_template("conversation").system
+    assert "3 to 5" not in system and "One round is a complete conversation" in system
 
 
 @pytest.mark.parametrize("type_name", list(SAMPLE_TYPES))
@@ -321,7 +343,8 @@ def test_example_answers_pass_curation(type_name: str, output_format: str) -> No
     """The ideal answers we show the model must survive our own validation and content rules."""
     from tasks.curation import validate
 
-    for i, (_, output) in enumerate(load_template(type_name).examples):
+    for i, example in enumerate(load_template(type_name).examples):
+        output = example.output
         result = validate.validate_output(type_name, output_format, render(output, output_format), "stop")
         assert result.rejects == [], f"{type_name} example {i} is rejected: {result.rejects}"
         assert result.output == output
@@ -331,16 +354,14 @@ def copy_prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "prompts"
     shutil.copytree(prompts.PROMPTS_DIR, folder)
     monkeypatch.setattr(prompts, "PROMPTS_DIR", folder)
-    load_template.cache_clear()
-    prompts._static_messages.cache_clear()
+    prompts.clear_caches()
     return folder
 
 
 @pytest.fixture
 def clear_prompt_caches():
     yield
-    load_template.cache_clear()
-    prompts._static_messages.cache_clear()
+    prompts.clear_caches()
 
 
 def test_version_is_a_content_hash_of_the_prompt_files(
@@ -352,8 +373,7 @@ def test_version_is_a_content_hash_of_the_prompt_files(
     assert {name: load_template(name).version for name in SAMPLE_TYPES} == original  # same bytes, same version
     system = folder / "complex_reasoning" / "format_llava-text.md"
     system.write_text(system.read_text() + "\nOne more sentence.\n")
-    load_template.cache_clear()
-    prompts._static_messages.cache_clear()
+    prompts.clear_caches()
     assert load_template("complex_reasoning").version != original["complex_reasoning"]
     assert load_template("conversation").version == original["conversation"]
     messages, version = build_messages(hand_context(), "complex_reasoning", "llava-text")
@@ -408,8 +428,7 @@ def test_render_change_without_a_render_version_bump_fails_the_golden(
     # bumping RENDER_VERSION gives every type a new prompt_version; the golden then needs a plain update
     old_versions = prompts.prompt_versions()
     monkeypatch.setattr(prompts, "RENDER_VERSION", prompts.RENDER_VERSION + 1)
-    load_template.cache_clear()
-    prompts._static_messages.cache_clear()
+    prompts.clear_caches()
     new_versions = prompts.prompt_versions()
     assert all(new_versions[t] != old_versions[t] for t in SAMPLE_TYPES)
     messages, version = build_messages(sample_context, "detail_description", "llava-text")

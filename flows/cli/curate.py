@@ -50,7 +50,7 @@ def validate_text_command(
     try:
         result = validate_output(sample_type, output_format, content, finish_reason)
     except ValueError as exc:  # unknown type or format
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     if result.ok:
         print(json.dumps(result.output.model_dump(), ensure_ascii=False, indent=2))
@@ -68,12 +68,12 @@ def _resolve_image_root(image_root: Path | None, db: Path | None) -> Path:
     try:
         return default_image_root(db)
     except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
 
 
 def _print_export(result) -> None:
-    table = Table(title=f"export to {result.out_dir} (images relative to {result.image_root})")
+    table = Table(title=escape(f"export to {result.out_dir} (images relative to {result.image_root})"))
     table.add_column("file")
     table.add_column("records", justify="right")
     for stem, count in result.counts.items():
@@ -81,7 +81,7 @@ def _print_export(result) -> None:
     console.print(table)
     if result.missing_images:
         err_console.print(f"[yellow]warning:[/yellow] {len(result.missing_images)} image(s) not found under "
-                          f"{result.image_root}, e.g. {result.missing_images[0]}", highlight=False)
+                          + escape(f"{result.image_root}, e.g. {result.missing_images[0]}"), highlight=False)
     if result.skipped:
         err_console.print(f"[yellow]warning:[/yellow] skipped {len(result.skipped)} bad record(s), e.g. "
                           f"{escape(result.skipped[0].message())}", highlight=False)
@@ -125,10 +125,10 @@ def curate_command(
                               export_dir=str(out), seed=seed,
                               image_root=str(_resolve_image_root(image_root, db)))
     except ValidationError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     ctx = pipeline.Context(db=store.resolve_db(db), runner=pipeline.Runner(
-        log=lambda line: console.print(line, highlight=False)))
+        log=lambda line: console.print(line, highlight=False, markup=False)))
     done = pipeline.run_steps(pipeline.CURATE, params, ctx)
     _print_export(done["export"])
-    console.print(f"database: {store.resolve_db(db)}")
+    console.print(f"database: {store.resolve_db(db)}", markup=False, highlight=False)

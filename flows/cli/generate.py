@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -30,6 +31,11 @@ TypesOption = Annotated[
 LimitOption = Annotated[int | None, typer.Option("--limit", help="Number of images (first N by id); default all")]
 ModelOption = Annotated[str | None, typer.Option("--model", help="Model name (default: $VISTUNE_MODEL or gpt-4o)")]
 FormatOption = Annotated[str, typer.Option("--format", help="structured | llava-text")]
+PromptSetOption = Annotated[
+    str | None,
+    typer.Option("--prompt-set", help="Prompt set folder: vistune's layout or LLaVA's released "
+                                      "playground/data/prompts (default: vistune's own; docs/PROMPTS.md)"),
+]
 
 
 def default(name: str) -> Any:
@@ -83,6 +89,7 @@ def estimate_command(
     model: ModelOption = None,
     output_format: FormatOption = default("output_format"),
     max_tokens: MaxTokensOption = default("max_tokens"),
+    prompt_set: PromptSetOption = None,
     db: DbOption = None,
 ) -> None:
     """Requests, tokens and cost (online vs batch) of what `generate` would send. Sends nothing, writes nothing."""
@@ -90,8 +97,12 @@ def estimate_command(
     from tasks.prompting.plan import plan_requests
 
     model = model or get_settings().model
-    plan = plan_requests(db, sample_types=_types(types), model=model, output_format=output_format,
-                         limit_images=limit, max_tokens=max_tokens, dry_run=True)
+    try:
+        plan = plan_requests(db, sample_types=_types(types), model=model, output_format=output_format,
+                             limit_images=limit, max_tokens=max_tokens, dry_run=True, prompt_set=prompt_set)
+    except ValueError as exc:  # a broken prompt set, a format it does not offer
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
     est = estimate(plan, model, db)
     table = Table(title=f"estimate: {model}, {output_format}, {plan.images} images")
     table.add_column("")
@@ -118,7 +129,7 @@ def _progress_printer(progress: Progress, task_id: TaskID) -> Callable[[Generate
 
 
 def _warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
 
 @app.command("generate")
@@ -127,6 +138,7 @@ def generate_command(
     limit: LimitOption = None,
     model: ModelOption = None,
     output_format: FormatOption = default("output_format"),
+    prompt_set: PromptSetOption = None,
     mode: ModeOption = default("mode"),
     concurrency: ConcurrencyOption = default("concurrency"),
     rpm: RpmOption = None,
@@ -155,7 +167,7 @@ def generate_command(
     it is never printed or stored.
     """
     from tasks import pipeline
-    from tasks.llm.engine import AuthenticationFailed  # here: openai is slow to import
+    from tasks.llm.engine import RunAborted  # here: openai is slow to import
 
     try:
         params = GenerateParams(
@@ -164,22 +176,22 @@ def generate_command(
             max_cost_usd=max_cost_usd, timeout_s=timeout, transport=transport, wakeup_window_ms=wakeup_window_ms,
             max_attempts=max_attempts, temperature=temperature, max_tokens=max_tokens,
             max_regenerations=max_regenerations, sample_types=_types(types), limit_images=limit,
-            flush_interval_s=flush_interval,
+            flush_interval_s=flush_interval, prompt_set=prompt_set,
         )
     except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("failed {task.fields[failed]}  tokens {task.fields[tokens]:,}  ${task.fields[cost]:.4f}"),
                TimeElapsedColumn())
     with Progress(*columns, console=err_console, disable=not progress_bar) as progress:
         task_id = progress.add_task(f"generate {params.model}", total=None, failed=0, tokens=0, cost=0.0)
-        runner = pipeline.Runner(log=lambda line: err_console.print(line, style="dim", highlight=False),
+        runner = pipeline.Runner(log=lambda line: err_console.print(line, style="dim", highlight=False, markup=False),
                                  warn=_warn, on_progress=_progress_printer(progress, task_id))
         try:
             stats = pipeline.Generate.run(pipeline.Context(db=store.resolve_db(db), runner=runner), params)
-        except (ValueError, AuthenticationFailed) as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        except (ValueError, RunAborted) as exc:  # a rejected key, a dead endpoint
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
     table = Table(title=f"generate: {params.model} ({params.mode}, {params.output_format})")
     table.add_column("")
@@ -193,10 +205,10 @@ def generate_command(
         if status != "ok":
             table.add_row(f"final {status}", f"{n:,}")
     console.print(table)
-    console.print(f"database: {store.resolve_db(db)}")
+    console.print(f"database: {store.resolve_db(db)}", markup=False, highlight=False)
     if stats.failed:
         err_console.print(f"[yellow]{stats.failed} request(s) ended without a good response; rerun to retry them. "
                           "Why: vistune sql \"SELECT status, count(*) FROM responses GROUP BY 1\"[/yellow]")
     if problem := stats.all_failed():
-        err_console.print(f"[red]error:[/red] {problem}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(problem)}", highlight=False)
         raise typer.Exit(1)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -20,6 +21,7 @@ from flows.cli.generate import (
     MaxRegenerationsOption,
     MaxTokensOption,
     ModeOption,
+    PromptSetOption,
     TemperatureOption,
     TimeoutOption,
     TransportOption,
@@ -81,6 +83,7 @@ def run_command(
     temperature: TemperatureOption = default("temperature"),
     max_tokens: MaxTokensOption = default("max_tokens"),
     max_regenerations: MaxRegenerationsOption = None,
+    prompt_set: PromptSetOption = None,
     shard_size: Annotated[int, typer.Option("--shard-size", help="requests per Prefect task")] = default("shard_size"),
     max_workers: Annotated[int, typer.Option("--max-workers", help="shards at once")] = default("max_workers"),
     task_runner: Annotated[str, typer.Option("--task-runner", help="threads | dask")] = default("task_runner"),
@@ -100,8 +103,8 @@ def run_command(
             model=model or get_settings().model, output_format=output_format, mode=mode, base_url=base_url,
             concurrency=concurrency, rpm=rpm, tpm=tpm, max_cost_usd=max_cost_usd, timeout_s=timeout,
             transport=transport, max_attempts=max_attempts, temperature=temperature, max_tokens=max_tokens,
-            max_regenerations=max_regenerations, shard_size=shard_size, max_workers=max_workers,
-            task_runner=task_runner,
+            max_regenerations=max_regenerations, prompt_set=prompt_set, shard_size=shard_size,
+            max_workers=max_workers, task_runner=task_runner,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -118,7 +121,7 @@ def run_command(
             pipeline_flow(params)
     finally:
         remove()
-    console.print(f"database: {db_path}\nexports: {export_dir.resolve()}")
+    console.print(f"database: {db_path}\nexports: {export_dir.resolve()}", markup=False, highlight=False)
 
 
 @app.command("status")
@@ -126,7 +129,7 @@ def status_command(db: DbOption = None) -> None:
     """Row counts, money spent, response statuses and open batches of a database."""
     db_path = store.resolve_db(db)
     counts = store.table_counts(db_path)
-    console.print(f"database: {db_path}", soft_wrap=True)
+    console.print(f"database: {db_path}", soft_wrap=True, markup=False)
     table = Table()
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -147,7 +150,8 @@ def status_command(db: DbOption = None) -> None:
     console.print("slots (image, type, prompt version, model): " + ", ".join(
         f"{n:,} {label.replace('_', ' ')}" for label, n in slots.items()), highlight=False)
     for r in spent:
-        console.print(f"  responses {r['status']}: {r['n']:,} ({r['tokens']:,} tokens, ${r['cost']:,.4f})")
+        console.print(f"  responses {r['status']}: {r['n']:,} ({r['tokens']:,} tokens, ${r['cost']:,.4f})",
+                      markup=False)
     from schemas.generation import CLOSED_BATCH_STATES  # the one definition of a finished batch
 
     open_batches = store.query(
@@ -157,7 +161,8 @@ def status_command(db: DbOption = None) -> None:
     )
     console.print(f"open batches: {len(open_batches)}")
     for b in open_batches:
-        console.print(f"  {b['batch_id']}: {b['status']}, {b['n_requests']:,} requests, since {b['created_at']}")
+        console.print(f"  {b['batch_id']}: {b['status']}, {b['n_requests']:,} requests, since {b['created_at']}",
+                      markup=False)
 
 
 @app.command("demo")
@@ -183,6 +188,6 @@ def demo_command(
                           model=model or get_settings().model, max_cost_usd=max_cost_usd, train=train, fresh=fresh,
                           use_prefect=prefect, vision=vision)
     except DemoError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     print_summary(console, result)

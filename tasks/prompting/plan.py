@@ -91,12 +91,14 @@ def plan_requests(
     run_id: str | None = None,
     dry_run: bool = False,
     max_regenerations: int | None = None,
+    prompt_set: str | Path | None = None,
 ) -> PlanResult:
     """Create the missing `requests` rows and return every pending request id (in image order).
 
     `limit_images` takes the first N images by id (or of `image_ids`). `dry_run` computes the
     same result without writing (for `vistune estimate`). `max_regenerations` (default: the
-    `max_regenerations` setting) bounds how often a rejected answer is asked for again.
+    `max_regenerations` setting) bounds how often a rejected answer is asked for again. `prompt_set` is a
+    prompt set folder (default: vistune's own); its content hash is each request's `prompt_version`.
     """
     from tasks.prompting.prompts import build_messages, load_contexts
 
@@ -129,7 +131,7 @@ def plan_requests(
             if ctx is None:
                 continue
             for t in types:
-                messages, version = build_messages(ctx, t, output_format)
+                messages, version = build_messages(ctx, t, output_format, prompt_set)
                 state = states.get((image_id, t, version))
                 if state is not None and state.done(max_regen):
                     if state.accepted or state.awaiting_validation:
