@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
@@ -418,14 +418,17 @@ def new_run_id() -> str:
     return store.stable_hash("generate", time.time_ns(), length=16)
 
 
+class SendOptions(TypedDict, total=False):
+    """Where and how a send runs; the same options for `send`, `run_requests` and `run_requests_sync`."""
+
+    db_path: str | Path | None  # default: the VISTUNE_DB setting
+    limiter: RateLimiter | None  # online only; default: an in-process limiter from config.rpm/tpm
+    on_progress: ProgressCallback | None  # a stats snapshot at most every 0.5 s
+    run_id: str | None  # default: a fresh id
+
+
 async def run_requests(
-    request_ids: Sequence[str],
-    *,
-    db_path: str | Path | None = None,
-    config: GenerateConfig,
-    limiter: RateLimiter | None = None,
-    on_progress: ProgressCallback | None = None,
-    run_id: str | None = None,
+    request_ids: Sequence[str], *, config: GenerateConfig, **options: Unpack[SendOptions]
 ) -> GenerateStats:
     """Send every request among `request_ids` that lacks an `ok` response online; returns the run's counts.
 
@@ -434,39 +437,33 @@ async def run_requests(
     engines hold are waited for, not sent (`claim`). Raises `RunAborted` (`AuthenticationFailed`,
     `EndpointUnreachable`) when sending more is pointless; the run is then marked failed.
     """
-    db = store.resolve_db(db_path)
+    db = store.resolve_db(options.get("db_path"))
     check_budget_model(config)
-    run_id = run_id or new_run_id()
-    limiter = limiter or LocalRateLimiter(config.rpm, config.tpm)
+    run_id = options.get("run_id") or new_run_id()
+    limiter = options.get("limiter") or LocalRateLimiter(config.rpm, config.tpm)
     await asyncio.to_thread(replay_orphans, db)
     run = await asyncio.to_thread(start_run, db, config, run_id)
     stats: GenerateStats | None = None
     try:
         with shared_budget(db, budget_id_of(config, run_id), config.max_cost_usd) as budget:
-            stats = await _Engine(db, config, limiter, run_id, budget).run(request_ids, on_progress)
+            stats = await _Engine(db, config, limiter, run_id, budget).run(request_ids, options.get("on_progress"))
     finally:
         await asyncio.to_thread(finish_run, db, run, stats)
     return stats
 
 
-def run_requests_sync(request_ids: Sequence[str], **kwargs: Any) -> GenerateStats:
+def run_requests_sync(
+    request_ids: Sequence[str], *, config: GenerateConfig, **options: Unpack[SendOptions]
+) -> GenerateStats:
     """`run_requests` for callers without an event loop (CLI, Prefect tasks in worker threads).
 
     It runs on a loop that batches its wake-ups (`tasks/llm/wakeups.py`), which roughly halves the
     client's CPU per request at a provider's pace.
     """
-    return wakeups.run(run_requests(request_ids, **kwargs))
+    return wakeups.run(run_requests(request_ids, config=config, **options))
 
 
-def send(
-    request_ids: Sequence[str],
-    *,
-    db_path: str | Path | None = None,
-    config: GenerateConfig,
-    limiter: RateLimiter | None = None,
-    on_progress: ProgressCallback | None = None,
-    run_id: str | None = None,
-) -> GenerateStats:
+def send(request_ids: Sequence[str], *, config: GenerateConfig, **options: Unpack[SendOptions]) -> GenerateStats:
     """Send the requests among `request_ids` that lack an `ok` answer, online or as batches (`config.mode`).
 
     Either way every answer is journaled and stored the same way, a `runs` row is written and
@@ -475,7 +472,7 @@ def send(
     if config.mode == "batch":
         from tasks.llm.batch import run_batch  # the batch module needs the sync openai client
 
-        return run_batch(store.resolve_db(db_path), request_ids, config, on_progress=on_progress, run_id=run_id)
-    return run_requests_sync(request_ids, db_path=db_path, config=config, limiter=limiter,
-                             on_progress=on_progress, run_id=run_id)
+        return run_batch(store.resolve_db(options.get("db_path")), request_ids, config,
+                         on_progress=options.get("on_progress"), run_id=options.get("run_id"))
+    return run_requests_sync(request_ids, config=config, **options)
 
