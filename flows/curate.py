@@ -1,5 +1,7 @@
 """The `curate` flow: the pipeline's curate steps (`tasks.pipeline.CURATE`: validate -> dedup -> export ->
-report), each unit a Prefect task, with the report shown in the Prefect UI."""
+report), each unit a Prefect task, with the report shown in the Prefect UI.
+
+The flow fails when the export wrote no sample while samples were expected (`pipeline.export_problem`)."""
 
 from __future__ import annotations
 
@@ -42,5 +44,7 @@ def curate_flow(params: CurateParams | None = None) -> dict[str, Any]:
     ctx = pipeline.Context(db=db, runner=PrefectRunner(get_run_logger()))
     done = pipeline.run_steps(pipeline.CURATE, params, ctx)
     publish_report(done["report"], export_dir)
+    if problem := pipeline.export_problem(db, done["export"]):  # the report above still says what happened
+        raise pipeline.StepFailed(problem)
     return {"validate": done["validate"], "dedup": done["dedup"], "export": done["export"],
             "export_dir": str(export_dir)}

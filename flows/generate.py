@@ -1,5 +1,8 @@
 """The `generate` flow: the pipeline's generate step (`tasks.pipeline.Generate`) run under Prefect.
 
+The flow fails (state Failed, the reason in its message) when there is no API key for api.openai.com
+(before anything is sent) or when requests were sent and not one got a good answer.
+
 The step runs rounds of plan -> send -> validate (rejected answers planned again as regenerations);
 `flows.runner.PrefectRunner` sends each round as one Prefect task per shard, shards running
 concurrently, never one task per request (DESIGN.md: ~14 ms of Prefect bookkeeping each). Prefect
@@ -85,10 +88,12 @@ def generate_flow(params: GenerateParams | None = None) -> GenerateStats:  # typ
     try:
         with PrefectRunner(logger, params=params, progress=progress, limiter=build_limiter(params, db)) as runner:
             ctx.runner = runner
-            pipeline.Generate.run(ctx, params)
+            stats = pipeline.Generate.run(ctx, params)
     finally:
         totals = progress.finish(model=params.model, warnings=ctx.warnings)
     logger.info("generation finished: %d done, %d already done, %d failed, $%.4f",
                 totals.done, totals.already_ok, totals.failed, totals.cost_usd)
+    if problem := pipeline.generate_problem(stats):  # sent, and not one good answer: the run failed
+        raise pipeline.StepFailed(problem)
     return totals
 

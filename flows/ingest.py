@@ -1,4 +1,6 @@
-"""The `ingest` flow: the pipeline's ingest step (`tasks.pipeline.Ingest`), one Prefect task per split."""
+"""The `ingest` flow: the pipeline's ingest step (`tasks.pipeline.Ingest`), one Prefect task per split.
+
+Fails when no usable image was found (every record skipped), naming the reasons."""
 
 from __future__ import annotations
 
@@ -17,4 +19,7 @@ def ingest_flow(params: IngestParams | None = None) -> dict[str, Any]:
     """Ingest every split in `params.splits`; returns rows added per table and skips per reason."""
     params = params or IngestParams()
     ctx = pipeline.Context(db=resolve_db(params.db_path), runner=PrefectRunner(get_run_logger()))
-    return pipeline.Ingest.run(ctx, params)
+    summary = pipeline.Ingest.run(ctx, params)
+    if problem := pipeline.ingest_problem(summary):  # every record skipped: nothing for the next steps
+        raise pipeline.StepFailed(problem)
+    return summary

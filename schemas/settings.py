@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     max_regenerations: int = Field(
         default=2, ge=0, validation_alias=AliasChoices("VISTUNE_MAX_REGENERATIONS", "max_regenerations")
     )
+    # Ingest skips a COCO caption longer than this (after whitespace is collapsed) as `caption_too_long`:
+    # real COCO captions stay under a few hundred characters; a 50 KB one would make a 12K-token prompt.
+    max_caption_chars: int = Field(
+        default=1000, ge=1, validation_alias=AliasChoices("VISTUNE_MAX_CAPTION_CHARS", "max_caption_chars")
+    )
     prefect_secret_block: str = Field(
         default="openai-api-key",
         validation_alias=AliasChoices("VISTUNE_SECRET_BLOCK", "prefect_secret_block"),

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -37,6 +38,50 @@ from tasks import store
 from tasks.llm.ratelimit import RateLimiter
 
 ProgressCallback = Callable[[GenerateStats], None]
+# api.openai.com never answers without a key: no key and this host fails at once, before any request.
+OPENAI_HOST = "api.openai.com"
+
+
+class StepFailed(RuntimeError):
+    """A step ran but produced nothing where something was expected; the message says which step and why."""
+
+
+def generate_problem(stats: GenerateStats) -> str | None:
+    """Why a generate step that sent requests and got not one good answer failed, else None."""
+    problem = stats.all_failed()
+    return None if problem is None else f"generate: {problem}"
+
+
+def ingest_problem(summary: dict[str, Any]) -> str | None:
+    """Why an ingest step that kept not one image failed (every record skipped), else None."""
+    if summary.get("images", 1):
+        return None
+    skipped = ", ".join(f"{reason}={n}" for reason, n in sorted(summary.get("skipped", {}).items()))
+    return (f"ingest: no usable image in {', '.join(summary.get('splits', [])) or 'the splits'} "
+            f"(skipped: {skipped or 'none listed'}); see `vistune sql \"SELECT * FROM ingest_errors\"`")
+
+
+def export_problem(db: Path, exported: Any) -> str | None:
+    """Why an export that wrote no sample while samples were expected failed, else None.
+
+    Samples are expected when the dataset view holds some (then every one was skipped), or when the
+    store holds good answers (then every one was rejected). A store without answers expects nothing.
+    """
+    from tasks.curation.export import INSTRUCT_FILE
+
+    if exported.counts.get(INSTRUCT_FILE, 0):
+        return None
+    with store.read(db) as con:
+        in_dataset = con.execute("SELECT count(*) FROM dataset").fetchone()[0]
+        answers = con.execute("SELECT count(*) FROM responses WHERE status = 'ok'").fetchone()[0]
+        rejected = con.execute("SELECT count(DISTINCT response_id) FROM rejects").fetchone()[0]
+    if in_dataset:
+        first = exported.skipped[0].message() if exported.skipped else "no reason recorded"
+        return f"export: 0 of {in_dataset} samples written, every one skipped (first: {first})"
+    if answers:
+        return (f"export: 0 samples from {answers} good answer(s): {rejected} rejected by validation. Why: "
+                'vistune sql "SELECT code, count(*) FROM rejects GROUP BY 1"')
+    return None
 
 
 def send_requests(
@@ -144,6 +189,8 @@ def run_ingest(ctx: Context, params: IngestParams) -> dict[str, Any]:
             summary["added"][table] = summary["added"].get(table, 0) + n
         for reason, n in stats.skipped.items():
             summary["skipped"][reason] = summary["skipped"].get(reason, 0) + n
+        summary["images"] = summary.get("images", 0) + stats.images  # valid images (a rerun adds none)
+        summary.setdefault("splits", []).append(split)
         ctx.runner.log(f"ingest {split}: {stats.images} images read, new rows {stats.added}, "
                        f"skipped {dict(stats.skipped) or 'nothing'}")
     return summary
@@ -161,8 +208,10 @@ def engine_config(ctx: Context, params: GenerateParams) -> GenerateConfig:  # ty
         # One budget for the whole run: every shard and round spends from the same `max_cost_usd`.
         budget_id=params.budget_id or ctx.run_id,
     )
-    if config.api_key is None and config.base_url is None:
-        raise ValueError("no API key: set OPENAI_API_KEY (or --base-url for a local server that needs none)")
+    if config.api_key is None and config.base_url_credentials is None and (
+            config.base_url is None or urlsplit(config.base_url).hostname == OPENAI_HOST):
+        raise ValueError(f"no API key for {config.base_url or 'api.openai.com'}: set OPENAI_API_KEY (or "
+                         "--base-url for a local server that needs none)")
     if not pricing.known(config.model):
         ctx.warn(f"no price for model {config.model!r}: costs are not counted (recorded as $0); "
                  f"add a [models.\"{config.model}\"] entry to {pricing.PRICES_FILE}")

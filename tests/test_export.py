@@ -201,3 +201,25 @@ def test_export_and_curate_cli_survive_a_bad_record(
     assert result.exit_code == 0, result.output
     assert len(read_llava_strict(out / "llava_instruct.json", root)) == 8
     assert len(read_llava_strict(out / "llava_pretrain.json", root)) == 2
+
+
+# ------------------------------------------- an image path that leaves the image root (issue 13, item 4)
+@pytest.mark.parametrize("file_name", ["../../../../etc/passwd", "/etc/passwd", "a/../../../outside.jpg"])
+def test_an_image_path_leaving_the_root_is_skipped_counted_and_reported(
+        exported_db: tuple[Path, Path], tmp_path: Path, file_name: str) -> None:
+    from tasks.store import write
+
+    db, root = exported_db
+    with write(db) as con:  # a database ingested before ingest refused such paths (or edited since)
+        con.execute("UPDATE images SET file_name = ? WHERE image_id = 2", [file_name])
+    result = export(db, tmp_path / "out", root)
+    assert result.bad_paths == 4  # image 2's three samples and its caption pair
+    assert {s.stem for s in result.skipped} == {"llava_instruct", "llava_pretrain"}
+    assert all(s.reason.startswith("bad_path: image path") for s in result.skipped), result.skipped
+    assert "000000000002" in [s.record_id for s in result.skipped]
+    assert result.as_dict()["bad_path_count"] == 4
+    assert result.counts["llava_instruct"] == 6 and result.counts["llava_pretrain"] == 2
+    for stem in ("llava_instruct", "llava_pretrain"):
+        records = read_llava_strict(tmp_path / "out" / f"{stem}.json", root)
+        assert all(".." not in r["image"] and not r["image"].startswith("/") for r in records)
+    assert not any("etc" in m or ".." in m for m in result.missing_images)

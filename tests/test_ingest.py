@@ -214,3 +214,116 @@ def _caption_ids(broken_coco: Callable[..., Path]) -> list[int]:
     ids: list[int] = []
     broken_coco("captions", lambda d: ids.extend(a["id"] for a in d["annotations"]))
     return ids
+
+
+# ------------------------------------------- hostile or malformed records (issue 13, items 4 and 5)
+def _reconciles(stats: Any) -> None:
+    skipped = stats.skipped_by_table()
+    for table, read in stats.read.items():
+        assert read == stats.kept()[table] + skipped[table], (table, stats.read, stats.kept(), skipped)
+
+
+@pytest.mark.parametrize("file_name", ["../../../../etc/passwd", "/etc/passwd", "sub/../../x.jpg",
+                                       "..\\..\\x.jpg", "C:/Windows/x.jpg", ""])
+def test_an_image_path_outside_the_root_is_bad_path(broken_coco: Callable[..., Path], db_path: Path,
+                                                     file_name: str) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["images"][0]["file_name"] = file_name
+
+    root = broken_coco("captions", change)
+    broken_coco("instances", change)  # both files agree on the hostile path: no duplicate_id
+    stats = ingest(root, SPLIT, db_path)
+    _one_issue(stats, "bad_path", "captions_train2017.json", "image 990000000001", "file_name")
+    _reconciles(stats)
+    assert store.query("SELECT count(*) n FROM images WHERE image_id = 990000000001", path=db_path) == [{"n": 0}]
+    with pytest.raises(IngestError, match=r"file_name"):
+        ingest(root, SPLIT, db_path, strict=True)
+
+
+@pytest.mark.parametrize(("kind", "change", "reason", "fragment"), [
+    ("instances", lambda d: d["annotations"][0].update(bbox=[float("nan"), 10.0, 5.0, 5.0]), "bad_box", "finite"),
+    ("instances", lambda d: d["annotations"][0].update(bbox=[1.0, 1.0, float("inf"), 5.0]), "bad_box", "finite"),
+    ("instances", lambda d: d["annotations"][0].update(bbox=[1, 1, True, 5]), "bad_box", "finite"),
+    ("captions", lambda d: d["annotations"].insert(0, "not an object"), "bad_record", "json object"),
+    ("instances", lambda d: d["annotations"].insert(0, [1, 2]), "bad_record", "json object"),
+    ("captions", lambda d: d["annotations"][0].update(id=[1]), "bad_id", "must be an integer"),
+    ("captions", lambda d: d["annotations"][0].update(id={"a": 1}), "bad_id", "must be an integer"),
+    ("instances", lambda d: d["annotations"][0].update(id="990000001001"), "bad_id", "must be an integer"),
+    ("instances", lambda d: d["annotations"][0].update(id=2**64), "bad_id", "64-bit"),
+    ("captions", lambda d: d["annotations"][0].update(image_id=[990000000001]), "bad_id", "image_id"),
+    ("instances", lambda d: d["annotations"][0].update(category_id={"x": 1}), "bad_id", "category_id"),
+    ("captions", lambda d: d["annotations"][0].update(caption="a cat \ud800 on a mat"), "bad_text", "surrogate"),
+    ("captions", lambda d: d["annotations"][0].update(caption=["a", "list"]), "bad_text", "must be a string"),
+    ("captions", lambda d: d["annotations"][0].update(caption="word " * 10_000), "caption_too_long",
+     "max_caption_chars=1,000"),
+    ("instances", lambda d: d["annotations"][0].update(area="big"), "bad_record", "area"),
+    ("instances", lambda d: d["annotations"][0].update(iscrowd=[1]), "bad_record", "iscrowd"),
+])
+def test_malformed_record_is_a_named_counted_error(broken_coco: Callable[..., Path], db_path: Path, kind: str,
+                                                   change: Callable[[dict[str, Any]], None], reason: str,
+                                                   fragment: str) -> None:
+    root = broken_coco(kind, change)
+    before_strict = store.table_counts(db_path) if db_path.exists() else None
+    with pytest.raises(IngestError, match="without --strict") as info:
+        ingest(root, SPLIT, db_path, strict=True)
+    assert f"{kind}_train2017.json" in str(info.value) and fragment in str(info.value)
+    assert (store.table_counts(db_path) if db_path.exists() else None) == before_strict  # nothing written
+    stats = ingest(root, SPLIT, db_path)
+    assert [i.reason for i in stats.issues] == [reason], stats.issues
+    assert fragment in stats.issues[0].message() and f"{kind}_train2017.json" in stats.issues[0].message()
+    assert len(stats.issues[0].message()) < 700  # a 50 KB caption is not quoted whole
+    _reconciles(stats)
+    assert store.query("SELECT reason FROM ingest_errors", path=db_path) == [{"reason": reason}]
+    assert store.table_counts(db_path)["images"] == 4
+
+
+@pytest.mark.parametrize(("kind", "index", "key", "value"), [
+    ("captions", 0, "caption", "a different caption"),
+    ("instances", 0, "bbox", [1.0, 1.0, 2.0, 2.0]),
+])
+def test_a_duplicate_id_with_other_content_is_skipped_and_strict_fails(
+    broken_coco: Callable[..., Path], db_path: Path, kind: str, index: int, key: str, value: Any
+) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["annotations"].append({**d["annotations"][index], key: value})
+
+    root = broken_coco(kind, change)
+    record_id = json.loads((root / "annotations" / f"{kind}_{SPLIT}.json").read_text())["annotations"][index]["id"]
+    with pytest.raises(IngestError, match=rf"{record_id} is listed 2 times"):
+        ingest(root, SPLIT, db_path, strict=True)
+    stats = ingest(root, SPLIT, db_path)
+    _one_issue(stats, "duplicate_id", f"{kind}_train2017.json", str(record_id), "different")
+    _reconciles(stats)
+
+
+def test_an_identical_duplicate_and_an_image_in_both_files_are_one_record(
+    broken_coco: Callable[..., Path], db_path: Path
+) -> None:
+    root = broken_coco("captions", lambda d: d["annotations"].append(dict(d["annotations"][0])))
+    stats = ingest(root, SPLIT, db_path, strict=True)
+    assert stats.issues == [] and stats.read["images"] == 4 and stats.read["captions"] == 20
+    _reconciles(stats)
+
+
+def test_an_image_whose_files_disagree_is_a_duplicate_id(broken_coco: Callable[..., Path], db_path: Path) -> None:
+    root = broken_coco("instances", lambda d: d["images"][0].update(width=641))
+    stats = ingest(root, SPLIT, db_path)
+    _one_issue(stats, "duplicate_id", "image 990000000001", "captions_train2017.json, instances_train2017.json")
+    assert stats.dropped["captions"] == 5  # its captions and objects go with it, counted
+    _reconciles(stats)
+
+
+def test_caption_limit_is_a_setting(broken_coco: Callable[..., Path], db_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    root = broken_coco("captions", lambda d: None)
+    monkeypatch.setenv("VISTUNE_MAX_CAPTION_CHARS", "20")
+    stats = ingest(root, SPLIT, db_path)
+    too_long = [i for i in stats.issues if i.reason == "caption_too_long"]
+    assert too_long and all("max_caption_chars=20" in i.detail for i in too_long)
+    assert set(stats.skipped) <= {"caption_too_long", "no_captions"}  # an image left without captions
+    _reconciles(stats)
+
+
+def test_a_hostile_split_name_is_refused(sample_coco: Path, db_path: Path) -> None:
+    with pytest.raises(IngestError, match="not a folder name"):
+        ingest(sample_coco, "../train2017", db_path)

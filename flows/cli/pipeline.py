@@ -118,10 +118,13 @@ def run_command(
     remove = add_listener(bar)
     try:
         with bar.progress:
-            pipeline_flow(params)
+            state = pipeline_flow(params, return_state=True)
     finally:
         remove()
     console.print(f"database: {db_path}\nexports: {export_dir.resolve()}", markup=False, highlight=False)
+    if not state.is_completed():  # the flow's own reason (no key, nothing answered, ...), not a traceback
+        console.print(f"[red]error:[/red] {escape(state.message or state.name)}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command("status")

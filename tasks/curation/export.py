@@ -18,13 +18,20 @@ instruction drawn from `tasks/curation/instructions/<SampleType.instructions>.tx
 (seed, record id), so the same database and seed give byte-identical files.
 
 One bad record never fails the export: a sample or caption pair that cannot become a valid LLaVA record
-(an `<image>` in its text, data that no longer fits its output model, an unknown type, no `images` row) is
-skipped, listed in `ExportResult.skipped` with the reason, and the rest is written.
+(an `<image>` in its text, data that no longer fits its output model, an unknown type, no `images` row, an
+image path that leaves the image root) is skipped, listed in `ExportResult.skipped` with the reason, and the
+rest is written.
+
+Image paths are checked before they are written: `<split>/<file_name>` must be a plain relative path that,
+joined to the (resolved) image root and normalised, stays inside it. Ingest already refuses such a
+`file_name` (`bad_path`); this guards databases ingested before that check, or edited since. Symlinks
+inside the image root are the root owner's choice and are followed as they are.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -36,6 +43,7 @@ import pyarrow.parquet as pq
 
 from schemas.llava import IMAGE_PLACEHOLDER, LlavaRecord, LlavaTurn
 from schemas.samples import SAMPLE_TYPES, question_answer_pairs, sample_type
+from tasks.ingest.coco import path_problem
 from tasks.store import read
 
 INSTRUCTIONS_DIR = Path(__file__).parent / "instructions"
@@ -74,6 +82,23 @@ def _with_image(text: str, rng: random.Random) -> str:
 def image_path(split: str, file_name: str) -> str:
     """An image's path relative to the image root."""
     return f"{split}/{file_name}"
+
+
+BAD_PATH = "bad_path"
+
+
+def image_path_problem(root: Path, split: str, file_name: str) -> str | None:
+    """Why `<split>/<file_name>` cannot be an exported image path under `root` (it would name a file outside
+    it, or `file_name` is absolute), or None."""
+    for part in (split, file_name):  # each on its own: "train2017" + "/etc/passwd" is no plain relative path
+        if problem := path_problem(part):
+            return f"{BAD_PATH}: image path {problem.removeprefix('file_name ')}"
+    relative = image_path(split, file_name)
+    base = root.resolve()
+    target = Path(os.path.normpath(base / relative))  # lexical: `..` can no longer hide behind a symlink
+    if not target.is_relative_to(base):
+        return f"{BAD_PATH}: image path {relative[:200]!r} leaves the image root {base}"
+    return None
 
 
 def _instruction_list(type_name: str) -> str:
@@ -138,7 +163,13 @@ class ExportResult:
         out["missing_image_count"] = len(self.missing_images)
         out["skipped"] = [asdict(s) for s in self.skipped[:20]]
         out["skipped_count"] = len(self.skipped)
+        out["bad_path_count"] = self.bad_paths
         return out
+
+    @property
+    def bad_paths(self) -> int:
+        """Records skipped because their image path would leave the image root."""
+        return sum(1 for s in self.skipped if s.reason.startswith(BAD_PATH))
 
     def __repr__(self) -> str:  # flows log the result: keep it short when thousands of images are missing
         counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
@@ -202,6 +233,9 @@ def export(
             result.skipped.append(SkippedRecord(INSTRUCT_FILE, sample_id, "its image has no row in `images`: "
                                                                           "ingest its COCO split"))
             continue
+        if problem := image_path_problem(root, split, file_name):
+            result.skipped.append(SkippedRecord(INSTRUCT_FILE, sample_id, problem))
+            continue
         try:
             record = instruct_record(sample_id, type_name, json.loads(data), image_path(split, file_name), seed)
         except (ValueError, TypeError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
@@ -211,6 +245,9 @@ def export(
         by_type.setdefault(type_name, []).append(everything[-1])
     pretrain: list[dict[str, Any]] = []
     for image_id, split, name, caps in captions:
+        if problem := image_path_problem(root, split, name):
+            result.skipped.append(SkippedRecord(PRETRAIN_FILE, f"{image_id:012d}", problem))
+            continue
         try:
             pretrain.append(pretrain_record(image_id, caps, image_path(split, name), seed).to_json())
         except (ValueError, TypeError, KeyError) as exc:

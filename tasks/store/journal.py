@@ -59,8 +59,12 @@ class Journal:
         self.dir = journal_dir(self.db_path)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._lock_file = open(self.dir / f"{self.owner}.lock", "w")  # noqa: SIM115 - held for the object's life
+        # Locked under a temporary name, then renamed: `replay_orphans` (another engine's, maybe in this
+        # process) only ever sees a `.lock` that is already held, never one it could take for an orphan's.
+        pending_lock = self.dir / f"{self.owner}.lock.new"
+        self._lock_file = open(pending_lock, "w")  # noqa: SIM115 - held for the object's life
         fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock_path = pending_lock.rename(self.dir / f"{self.owner}.lock")
         self._seq = 0
         self._mutex = threading.Lock()  # append (event loop) vs rotate (flush thread)
         self._segment = self._open_segment()
@@ -114,7 +118,7 @@ class Journal:
         Path(self._segment.name).unlink(missing_ok=True)
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()
-        Path(self._lock_file.name).unlink(missing_ok=True)
+        self._lock_path.unlink(missing_ok=True)
 
 
 def read_segment(path: Path) -> list[dict[str, Any]]:
