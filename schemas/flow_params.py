@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, model_validator
 
 from schemas.generation import GenerateConfig
 
@@ -85,6 +86,15 @@ class _GenerateWhere(_Params):
         default=None, description="shared rate-limit bucket (SQLite); empty = beside the DuckDB file"
     )
     shard_retries: int = Field(default=2, ge=0, description="Prefect retries of a failed shard")
+
+    @model_validator(mode="after")
+    def _no_credentials_in_the_url(self) -> _GenerateWhere:
+        # Prefect stores and shows flow parameters: a `user:pass@` in base_url would be on the server for good.
+        base_url = getattr(self, "base_url", None)
+        if base_url and "@" in urlsplit(base_url).netloc:
+            raise ValueError("base_url holds credentials (user:password@): they would be stored with the run's "
+                             "parameters; put the URL in OPENAI_BASE_URL (or the key in a Secret block) instead")
+        return self
 
     def engine_config(self, *, api_key: SecretStr | None = None, **updates: Any) -> GenerateConfig:
         """The engine's config: every engine field of these parameters, plus the key (never a parameter)."""

@@ -134,3 +134,12 @@ def test_a_rejected_key_is_reported_once_and_verbatim(tmp_path: Path, echo: Echo
     assert text.count("HTTP 401") == 1, text  # not "HTTP 401: HTTP 401:"
     assert "Incorrect API key provided: [redacted] (invalid_key)" in text  # the marker is printed, not eaten
     assert SECRET not in result.output and _leaks(tmp_path, SECRET) == []
+
+
+def test_flow_parameters_refuse_credentials_in_the_url() -> None:
+    # Prefect stores and shows parameters: credentials belong in OPENAI_BASE_URL or a Secret block.
+    from schemas.flow_params import GenerateParams
+
+    with pytest.raises(ValueError, match="OPENAI_BASE_URL"):
+        GenerateParams(base_url="http://user:hunter2@127.0.0.1:9/v1")
+    assert GenerateParams(base_url="http://127.0.0.1:9/v1").base_url == "http://127.0.0.1:9/v1"
