@@ -156,6 +156,7 @@ class Context:
     db: Path  # the one database of the run
     runner: Runner = field(default_factory=Runner)
     api_key: SecretStr | None = None  # from the environment or a Secret block: never a parameter
+    base_url: SecretStr | None = None  # an endpoint URL holding `user:password@` (CLI flag): never a parameter
     run_id: str = field(default_factory=lambda: store.stable_hash("pipeline", time.time_ns(), length=16))
     warnings: list[str] = field(default_factory=list)
 
@@ -204,7 +205,8 @@ def engine_config(ctx: Context, params: GenerateParams) -> GenerateConfig:  # ty
     settings = get_settings()
     config = params.engine_config(
         api_key=ctx.api_key or settings.openai_api_key,
-        base_url=params.base_url or settings.openai_base_url,
+        base_url=(ctx.base_url.get_secret_value() if ctx.base_url else None) or params.base_url
+        or settings.openai_base_url,
         # One budget for the whole run: every shard and round spends from the same `max_cost_usd`.
         budget_id=params.budget_id or ctx.run_id,
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -169,9 +171,12 @@ def generate_command(
     from tasks import pipeline
     from tasks.llm.engine import RunAborted  # here: openai is slow to import
 
+    # A URL with credentials goes to the engine through the run's context, never into the parameters.
+    secret_url = SecretStr(base_url) if base_url and "@" in urlsplit(base_url).netloc else None
     try:
         params = GenerateParams(
-            db_path=str(store.resolve_db(db)), model=model or get_settings().model, base_url=base_url,
+            db_path=str(store.resolve_db(db)), model=model or get_settings().model,
+            base_url=None if secret_url else base_url,
             output_format=output_format, mode=mode, concurrency=concurrency, rpm=rpm, tpm=tpm,
             max_cost_usd=max_cost_usd, timeout_s=timeout, transport=transport, wakeup_window_ms=wakeup_window_ms,
             max_attempts=max_attempts, temperature=temperature, max_tokens=max_tokens,
@@ -189,7 +194,8 @@ def generate_command(
         runner = pipeline.Runner(log=lambda line: err_console.print(line, style="dim", highlight=False, markup=False),
                                  warn=_warn, on_progress=_progress_printer(progress, task_id))
         try:
-            stats = pipeline.Generate.run(pipeline.Context(db=store.resolve_db(db), runner=runner), params)
+            ctx = pipeline.Context(db=store.resolve_db(db), runner=runner, base_url=secret_url)
+            stats = pipeline.Generate.run(ctx, params)
         except (ValueError, RunAborted) as exc:  # a rejected key, a dead endpoint
             err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
