@@ -237,6 +237,9 @@ def run_generate(ctx: Context, params: GenerateParams) -> GenerateStats:  # type
             prompt_set=params.prompt_set,
         )
         # Requests sent earlier in this run and still unanswered failed after every retry: a rerun tries them.
+        if plan.images_unavailable:
+            ctx.warn(f"{plan.images_unavailable} image(s) could not be read for an image-grounded prompt and were "
+                     f"skipped, e.g. {plan.unavailable[0]}")
         ids = [rid for rid in plan.request_ids if rid not in sent]
         if not ids:
             break

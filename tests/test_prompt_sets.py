@@ -189,7 +189,7 @@ def test_bad_manifests_name_the_file_and_key(tmp_path: Path) -> None:
         "output_formats = ['xml']": "prompt_set.toml: output_formats.0: Input should be 'structured' or 'llava-text'",
         "[context]\ncaptioning = ['captions']": "context.captioning: unknown sample type",
         "[context]\nconversation = ['boxes']": "context.conversation: ['boxes'] has no 'captions'",
-        "[context]\nconversation = ['captions', 'image']": "'image' is not supported yet",
+        "[context.conversation]\ndetail = 'high'": "detail = 'high' needs image = true",
         "output_formats = ['structured']": "cannot serve conversation/, which is in LLaVA's layout",
     }
     for text, expected in cases.items():

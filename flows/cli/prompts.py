@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -12,6 +13,7 @@ from schemas.samples import SAMPLE_TYPES
 from schemas.settings import get_settings
 from tasks import store
 from tasks.prompting.formats import OUTPUT_FORMATS
+from tasks.prompting.images import IMAGE_REF, ImageUnavailable, abbreviate, materialize
 from tasks.prompting.prompts import (
     PromptFileError,
     build_messages,
@@ -20,7 +22,13 @@ from tasks.prompting.prompts import (
     load_template,
     shared_prefix,
 )
-from tasks.prompting.tokens import REPLY_PRIMING, count_message_tokens, encoding_name, message_tokens
+from tasks.prompting.tokens import (
+    REPLY_PRIMING,
+    count_message_tokens,
+    encoding_name,
+    image_part_tokens,
+    message_tokens,
+)
 
 PROMPT_SET_HELP = ("Prompt set folder: vistune's layout or LLaVA's released playground/data/prompts "
                    "(default: vistune's own; docs/PROMPTS.md).")
@@ -35,6 +43,33 @@ def _check_choice(value: str, choices: tuple[str, ...] | list[str], what: str) -
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _as_sent(message: dict[str, Any]) -> dict[str, Any]:
+    # The message as the API receives it (stored image references materialised), base64 abbreviated.
+    content = message["content"]
+    if not isinstance(content, list):
+        return message
+    parts = [abbreviate(materialize(p)) if p.get("type") == IMAGE_REF else abbreviate(p) for p in content]
+    return {**message, "content": parts}
+
+
+def _show_content(message: dict[str, Any], model: str) -> None:
+    content = message["content"]
+    if not isinstance(content, list):
+        typer.echo(content)
+        return
+    for part in content:
+        if part.get("type") == "text":
+            typer.echo(part["text"])
+            continue
+        line = f"[{part.get('type')} part · {image_part_tokens(part, model)} tokens]"
+        if part.get("type") == IMAGE_REF:
+            ref = part[IMAGE_REF]
+            line = (f"[image {ref['image_id']} · detail {ref['detail']} · sent at {ref['width']}x{ref['height']} · "
+                    f"sha256 {ref['sha256'][:12]} · {image_part_tokens(part, model)} tokens · {ref['path']}]\n"
+                    f"{abbreviate(materialize(part))['image_url']['url']}")
+        typer.echo(line)
 
 
 @prompts_app.command("show")
@@ -67,10 +102,11 @@ def show(
         raise typer.Exit(1)
     try:
         messages, version = build_messages(contexts[image_id], type_name, output_format, prompt_set)
-    except PromptFileError as exc:
+        sent = [_as_sent(m) for m in messages]  # reads the image now: a bad file fails here, not mid-output
+    except (PromptFileError, ImageUnavailable) as exc:
         _fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(messages, indent=2, ensure_ascii=False))
+    if as_json:  # image data URLs abbreviated: the payload otherwise holds 25-90 KB of base64 per image
+        typer.echo(json.dumps(sent, indent=2, ensure_ascii=False))
         return
     typer.echo(f"# image {image_id} · {type_name} · format {output_format} · prompt set {template.prompt_set} "
                f"({template.layout} layout) · prompt_version {version}")
@@ -78,7 +114,7 @@ def show(
     for i, message in enumerate(messages, 1):
         tokens = message_tokens(message, model)
         typer.echo(f"\n===== [{i}/{len(messages)}] {message['role']} · {tokens} tokens =====")
-        typer.echo(message["content"])
+        _show_content(message, model)
     total = count_message_tokens(messages, model)
     static = count_message_tokens(messages[:-1], model) - REPLY_PRIMING
     typer.echo(f"\n# total {total} prompt tokens ({static} in the shared prefix, "
@@ -99,8 +135,10 @@ def list_types(
             template = load_template(name, pset.path)
             sizes = [f"{fmt} {count_message_tokens(shared_prefix(name, fmt, pset.path), model) - REPLY_PRIMING}"
                      for fmt in template.output_formats]
+            image = f" (detail {template.context.detail})" if "image" in template.context.fields else ""
             typer.echo(f"{name}: prompt_version {template.version} · {template.layout} layout · context "
-                       f"{'+'.join(template.context.fields)} · {len(template.examples)} examples · prefix tokens: "
+                       f"{'+'.join(template.context.fields)}{image} · {len(template.examples)} examples · "
+                       f"prefix tokens: "
                        f"{', '.join(sizes)} · files: {', '.join(template.files)}")
     except PromptFileError as exc:
         _fail(str(exc))

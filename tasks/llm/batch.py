@@ -58,7 +58,7 @@ def batch_dir(db_path: Path) -> Path:
 
 def batch_line(request_id: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
     """One line of a batch input file."""
-    body = {"model": model, "messages": messages, **llm_client.api_params(params)}
+    body = {"model": model, "messages": llm_client.api_messages(messages), **llm_client.api_params(params)}
     return json.dumps({"custom_id": request_id, "method": "POST", "url": ENDPOINT, "body": body},
                       ensure_ascii=False, separators=(",", ":"))
 

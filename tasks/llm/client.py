@@ -8,10 +8,12 @@ the POST travels (lean aiohttp, or the SDK's `post`) is `tasks/llm/transport.py`
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +74,47 @@ def api_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in LOCAL_PARAM_KEYS}
 
 
+# Content parts stored as a small reference and materialised at send time (e.g. an image id + hash in
+# `requests.messages` instead of a 60 KB data URL). A domain registers the function for its part type, the
+# way it registers parsers (tasks/llm/parsers.py); modules named here register theirs when imported.
+PartMaterializer = Callable[[dict[str, Any]], dict[str, Any]]
+PART_MODULES: list[str] = ["tasks.prompting.images"]
+_API_PARTS = frozenset({"text", "image_url", "input_audio", "file", "refusal"})  # sent as they are
+_PARTS: dict[str, PartMaterializer] = {}
+_parts_loaded = False
+
+
+def register_part(part_type: str, materialize: PartMaterializer) -> None:
+    """Make `materialize` turn every stored content part of `part_type` into the part the API receives."""
+    _PARTS[part_type] = materialize
+
+
+def api_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as sent: registered reference parts materialised (new lists; the stored ones are untouched).
+
+    Text-only messages come back as the same object. A part type nobody registered is sent as is (the API
+    answers 400). A materialiser's error (e.g. a missing image file) propagates.
+    """
+    global _parts_loaded
+    if not any(isinstance(m.get("content"), list) for m in messages):
+        return messages
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind is not None and kind not in _API_PARTS and kind not in _PARTS and not _parts_loaded:
+                    _parts_loaded = True
+                    for name in PART_MODULES:
+                        importlib.import_module(name)
+                parts.append(_PARTS[kind](part) if kind in _PARTS else part)
+            message = {**message, "content": parts}
+        out.append(message)
+    return out
+
+
 @dataclass
 class Attempt:
     """The outcome of one HTTP attempt, before it becomes a `ResponseRow`."""
@@ -111,7 +154,13 @@ async def attempt(
 async def _attempt(sender: ChatSender, request: LlmRequest, api_key: list[str]) -> Attempt:
     start = time.perf_counter()
     headers = {REQUEST_ID_HEADER: request.request_id} if request.request_id else {}
-    payload = {"model": request.model, "messages": request.messages, **api_params(request.params)}
+    try:
+        messages = request.messages
+        if any(isinstance(m.get("content"), list) for m in messages):  # off the loop: an image takes 3-12 ms
+            messages = await asyncio.to_thread(api_messages, messages)
+    except Exception as exc:  # e.g. an image file gone since planning: this request cannot be sent, the rest can
+        return Attempt("client_error", error=f"could not build the request: {exc}"[:MAX_ERROR_CHARS])
+    payload = {"model": request.model, "messages": messages, **api_params(request.params)}
     try:
         reply = await sender.send(payload, headers)
     except SendTimeout:

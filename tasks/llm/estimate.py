@@ -1,4 +1,9 @@
-"""What a plan would cost before anything is sent: requests, tokens, and dollars online vs batch."""
+"""What a plan would cost before anything is sent: requests, tokens, and dollars online vs batch.
+
+Input tokens are the plan's `est_input_tokens`: text by the tokenizer and, for image-grounded prompt sets,
+each image part by the provider's tile formula with the model's figures from `prices.toml`
+(`pricing.image_tokens`), so the dollars include the pictures.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ class Estimate:
     online_usd: float | None  # None: the model has no price in tasks/llm/prices.toml
     batch_usd: float | None
     output_source: str  # "observed" (mean of stored ok answers) or "default"
+    images_unavailable: int = 0  # image-grounded sets: images skipped, their file missing or unreadable
 
 
 def expected_output_tokens(db_path: str | Path | None, model: str) -> tuple[dict[str, float], str]:
@@ -50,4 +56,4 @@ def estimate(plan: PlanResult, model: str, db_path: str | Path | None = None) ->
     if pricing.known(model):
         online = pricing.cost_usd(model, plan.est_input_tokens, output)
         batch = pricing.cost_usd(model, plan.est_input_tokens, output, batch=True)
-    return Estimate(plan.pending, plan.est_input_tokens, output, online, batch, source)
+    return Estimate(plan.pending, plan.est_input_tokens, output, online, batch, source, plan.images_unavailable)

@@ -40,7 +40,10 @@ class PlanResult:
     already_ok: int = 0  # (image, type, prompt_version, model) with an accepted sample or an answer to validate
     regenerations: int = 0  # pending requests that regenerate a rejected answer
     given_up: int = 0  # slots whose answers were rejected more than max_regenerations times
-    est_input_tokens: int = 0  # of the pending requests
+    est_input_tokens: int = 0  # of the pending requests (image parts included, by the tile formula)
+    # Image-grounded sets: images skipped because their file is missing or unreadable (not planned, counted)
+    images_unavailable: int = 0
+    unavailable: list[str] = field(default_factory=list)  # the first few reasons, each naming the id and path
     max_output_tokens: int = 0  # of the pending requests (max_tokens each)
     by_type: dict[str, int] = field(default_factory=dict)  # pending requests per sample type
 
@@ -100,7 +103,7 @@ def plan_requests(
     `max_regenerations` setting) bounds how often a rejected answer is asked for again. `prompt_set` is a
     prompt set folder (default: vistune's own); its content hash is each request's `prompt_version`.
     """
-    from tasks.prompting.prompts import build_messages, load_contexts
+    from tasks.prompting.prompts import ImageUnavailable, build_messages, load_contexts
 
     check_format(output_format)
     max_regen = get_settings().max_regenerations if max_regenerations is None else max_regenerations
@@ -130,8 +133,17 @@ def plan_requests(
             ctx = contexts.get(image_id)
             if ctx is None:
                 continue
+            skipped = False
             for t in types:
-                messages, version = build_messages(ctx, t, output_format, prompt_set)
+                try:
+                    messages, version = build_messages(ctx, t, output_format, prompt_set)
+                except ImageUnavailable as exc:  # one bad file must not sink a plan of thousands: skip, count
+                    if not skipped:  # once per image, however many of its types want the picture
+                        skipped = True
+                        result.images_unavailable += 1
+                        if len(result.unavailable) < 5:
+                            result.unavailable.append(str(exc))
+                    continue
                 state = states.get((image_id, t, version))
                 if state is not None and state.done(max_regen):
                     if state.accepted or state.awaiting_validation:

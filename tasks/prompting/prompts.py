@@ -21,13 +21,15 @@ attributable to the prompt that made them), and two sets never share a version u
 
 Messages are `[system, (user example, assistant example)…, user query]`: everything but the
 last message is identical for every image of a type and format, so provider prompt caching
-(a shared prefix) applies.
+(a shared prefix) applies. A type whose context has `image` ends the last message with the picture as an
+image part, stored as a reference and sent as a data URL (`tasks/prompting/images.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tomllib
 from collections.abc import Sequence
@@ -42,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.samples import SAMPLE_TYPES, SampleOutput, sample_type
 from tasks.prompting.formats import OUTPUT_FORMATS, OutputFormatError, check_format, parse, render
+from tasks.prompting.images import ImageUnavailable, image_ref
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "templates"  # vistune's own prompt set
 MANIFEST = "prompt_set.toml"
@@ -57,8 +60,9 @@ CROWD_MARK = " (crowd)"  # appended to the category of an `iscrowd` region; syst
 _LLAVA_SHOT = re.compile(r"^(\d+)_(caps|conv)\.txt$")
 
 Box = tuple[float, float, float, float]
-Message = dict[str, str]
+Message = dict[str, Any]  # content: a string, or (image-grounded) a list of text and image parts
 ContextField = Literal["captions", "boxes", "image"]
+ImageDetail = Literal["low", "high", "auto"]
 Layout = Literal["vistune", "llava"]
 
 
@@ -85,14 +89,16 @@ class ImageContext:
     height: int
     captions: tuple[str, ...]
     objects: tuple[ObjectBox, ...] = ()
+    file: str | None = None  # the picture (`coco_root/split/file_name`), read only by image-grounded sets
 
 
 @dataclass(frozen=True)
 class ContextSpec:
-    """How a prompt set writes an image's context: which fields, and whether crowd boxes are marked."""
+    """How a prompt set writes an image's context: which fields, whether crowd boxes are marked, image detail."""
 
     fields: tuple[ContextField, ...] = ("captions",)
     mark_crowds: bool = True
+    detail: ImageDetail = "low"  # the image part's `detail`, when `fields` has "image"
 
     @classmethod
     def default(cls, sample_type_name: str) -> ContextSpec:
@@ -148,6 +154,16 @@ class PromptFileError(ValueError):
     """A prompt file is missing or does not match what the sample type expects."""
 
 
+class ContextTable(BaseModel):
+    """`[context.<type>]` as a table: each field on or off, and the image's detail."""
+
+    model_config = ConfigDict(extra="forbid")
+    captions: bool = True
+    boxes: bool | None = None  # None: the paper's choice for the type (`SampleType.sees_boxes`)
+    image: bool = False
+    detail: ImageDetail | None = None  # default "low"; only with image = true
+
+
 class PromptSetManifest(BaseModel):
     """`prompt_set.toml`: what a prompt set is called, what it answers in and which context each type reads."""
 
@@ -156,8 +172,10 @@ class PromptSetManifest(BaseModel):
     # The formats its answers may be asked in, the first being the default. LLaVA-layout few-shots are text:
     # only llava-text. Default: both for vistune's layout, llava-text for LLaVA's.
     output_formats: list[Literal["structured", "llava-text"]] | None = Field(default=None, min_length=1)
-    # sample type -> context fields; a type not listed reads the paper's (captions; boxes where `sees_boxes`)
-    context: dict[str, list[ContextField]] = Field(default_factory=dict)
+    # sample type -> context fields, as a list (`["captions", "image"]`) or a table (`[context.<type>]` with
+    # captions/boxes/image booleans and detail); a type not listed reads the paper's (captions; boxes where
+    # `sees_boxes`)
+    context: dict[str, list[ContextField] | ContextTable] = Field(default_factory=dict)
     # Mark `iscrowd` boxes as `category (crowd)` (the system text must explain it). Default: on for vistune's
     # layout, off for LLaVA's, whose prompts do not know the mark.
     mark_crowds: bool | None = None
@@ -230,7 +248,7 @@ def load_contexts(con: duckdb.DuckDBPyConnection, image_ids: Sequence[int] | Non
 
 
 def _load_contexts(con: duckdb.DuckDBPyConnection, where: str) -> dict[int, ImageContext]:
-    images = con.execute(f"SELECT image_id, width, height FROM images {where}").fetchall()
+    images = con.execute(f"SELECT image_id, width, height, coco_root, split, file_name FROM images {where}").fetchall()
     # Flat ordered rows grouped here: several times faster than list()/struct aggregates in SQL,
     # whose conversion to Python objects dominates at 50K+ images.
     captions: dict[int, list[str]] = {}
@@ -250,8 +268,10 @@ def _load_contexts(con: duckdb.DuckDBPyConnection, where: str) -> dict[int, Imag
             height=height,
             captions=tuple(captions.get(image_id, ())),
             objects=tuple(objects.get(image_id, ())),
+            # a plain join (not Path): this runs for every image of a plan, and most sets never read it
+            file=os.path.join(root, split, file_name) if root and file_name else None,
         )
-        for image_id, width, height in images
+        for image_id, width, height, root, split, file_name in images
     }
 
 
@@ -286,17 +306,23 @@ def _load_prompt_set(path: Path) -> PromptSet:
         try:
             manifest = PromptSetManifest.model_validate(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise PromptFileError(f"{manifest_path}: {'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}"
+            # `[context.<type>]` is a list or a table: report the branch the input took, not "should be a list"
+            errs = exc.errors()
+            err = next((e for e in errs if e["type"] not in ("list_type", "model_type")), errs[0])
+            loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p == "ContextTable")))
+            raise PromptFileError(f"{manifest_path}: {loc or '(root)'}: {err['msg']}"
                                   f" (keys: name, output_formats, mark_crowds, [context])") from None
         for type_name, fields in manifest.context.items():
             where = f"{manifest_path}: context.{type_name}"
             if type_name not in SAMPLE_TYPES:
                 raise PromptFileError(f"{where}: unknown sample type; expected one of {', '.join(SAMPLE_TYPES)}")
-            if "captions" not in fields:
+            if isinstance(fields, ContextTable):
+                if not fields.captions:
+                    raise PromptFileError(f"{where}: captions = false; every context starts with them")
+                if fields.detail is not None and not fields.image:
+                    raise PromptFileError(f"{where}: detail = {fields.detail!r} needs image = true")
+            elif "captions" not in fields:
                 raise PromptFileError(f"{where}: {fields} has no 'captions'; every context starts with them")
-            if "image" in fields:  # until requests can carry image parts (issue 12, item 4)
-                raise PromptFileError(f"{where}: 'image' is not supported yet: vistune cannot send the image")
     pset = PromptSet(path, manifest.name or path.name, manifest)
     if not pset.sample_types:
         raise PromptFileError(f"prompt set {path} has no sample-type folder: expected "
@@ -399,6 +425,18 @@ def _load_llava_layout(folder: Path, type_name: str) -> tuple[str, dict[str, str
     return system, {"llava-text": ""}, examples, files
 
 
+def _context_fields(type_name: str, raw: list[ContextField] | ContextTable | None) -> tuple[set[str], ImageDetail]:
+    # The manifest's context of a type (list or table form) as a set of fields and the image detail.
+    default = set(ContextSpec.default(type_name).fields)
+    if raw is None or (isinstance(raw, list) and not raw):
+        return default, "low"
+    if isinstance(raw, list):
+        return set(raw), "low"
+    boxes = raw.boxes if raw.boxes is not None else "boxes" in default
+    fields = {"captions"} | ({"boxes"} if boxes else set()) | ({"image"} if raw.image else set())
+    return fields, raw.detail or "low"
+
+
 def load_template(sample_type_name: str, prompt_set: str | Path | None = None) -> PromptTemplate:
     """Load and check a sample type's prompt from a prompt set (`None`: vistune's own; cached per process)."""
     return _load_template(sample_type(sample_type_name).name, _set_path(prompt_set))
@@ -420,10 +458,11 @@ def _load_template(type_name: str, path: Path) -> PromptTemplate:
     if layout == "llava" and formats != ("llava-text",):
         raise PromptFileError(f"{path / MANIFEST}: output_formats {list(formats)} cannot serve {type_name}/, which "
                               "is in LLaVA's layout: its few-shot answers are llava-text, so only 'llava-text' works")
-    wanted = set(manifest.context.get(type_name) or ContextSpec.default(type_name).fields)
+    wanted, detail = _context_fields(type_name, manifest.context.get(type_name))
     spec = ContextSpec(
         fields=tuple(f for f in ("captions", "boxes", "image") if f in wanted),  # one order, however listed
         mark_crowds=manifest.mark_crowds if manifest.mark_crowds is not None else layout == "vistune",
+        detail=detail,
     )
     if layout == "llava":
         system, format_texts, examples, files = _load_llava_layout(folder, type_name)
@@ -431,6 +470,8 @@ def _load_template(type_name: str, path: Path) -> PromptTemplate:
         system, format_texts, examples, files = _load_vistune_layout(folder, type_name, formats)
     # Settings are hashed (not the manifest file): a type's version moves only with what it renders.
     settings = {"layout": layout, "context": spec.fields, "mark_crowds": spec.mark_crowds, "formats": formats}
+    if "image" in spec.fields:  # only then: the versions of text-only sets stay what they were
+        settings["image_detail"] = spec.detail
     digest = hashlib.sha256(f"render {RENDER_VERSION}\0{json.dumps(settings, sort_keys=True)}\0".encode())
     files = sorted(files, key=lambda p: p.name)
     for file in files:
@@ -475,12 +516,23 @@ def build_messages(
 
     Order: system, then each few-shot (user, assistant) pair, then the image's own context,
     so every request of a type and format shares the same prefix. Returns fresh dicts.
-    Raises `PromptFileError` when the set is broken or does not offer `output_format`.
+    When the type's context has `image`, the last message's content is `[text part, image part]`, the image
+    part a stored reference (`tasks.prompting.images.image_ref`, hashed into the request id) that the engine
+    sends as a data URL. Raises `PromptFileError` when the set is broken or does not offer `output_format`,
+    `ImageUnavailable` when the set wants the image and its file is missing or unreadable.
     """
     name, path = sample_type(sample_type_name).name, _set_path(prompt_set)
     static, version = _static_messages(name, check_format(output_format), path)
-    messages = [{"role": role, "content": content} for role, content in static]
-    messages.append({"role": "user", "content": render_context(ctx, name, _load_template(name, path).context)})
+    messages: list[Message] = [{"role": role, "content": content} for role, content in static]
+    spec = _load_template(name, path).context
+    text = render_context(ctx, name, spec)
+    if "image" not in spec.fields:
+        messages.append({"role": "user", "content": text})
+        return messages, version
+    if ctx.file is None:
+        raise ImageUnavailable(f"image {ctx.image_id}: no image file is known for it (the prompt set wants the image)")
+    image = image_ref(ctx.image_id, ctx.file, spec.detail)
+    messages.append({"role": "user", "content": [{"type": "text", "text": text}, image]})
     return messages, version
 
 

@@ -14,6 +14,9 @@ the chat format's delimiters, a `name` field one more, and every reply is primed
 family chat format; other providers' templates differ by a few tokens per message. Tools and a
 `response_format` JSON schema also count towards the provider's prompt tokens and are not
 included here.
+
+Image parts (image-grounded prompt sets) count with the provider's tile formula and the model's figures
+from `tasks/llm/prices.toml` (`tasks.llm.pricing.image_tokens`), at the size the image is sent at.
 """
 
 from __future__ import annotations
@@ -81,10 +84,20 @@ def message_tokens(message: Mapping[str, Any], model: str, encoding: tiktoken.En
     encoding = encoding or get_encoding(model)
     total = TOKENS_PER_MESSAGE
     for key, value in message.items():
-        if isinstance(value, list):  # content parts: count the text ones (images are priced separately)
+        if isinstance(value, list):  # content parts: text by the tokenizer, images by the tile formula
+            total += sum(image_part_tokens(p, model) for p in value if isinstance(p, Mapping))
             value = "".join(p.get("text", "") for p in value if isinstance(p, Mapping))
         if isinstance(value, str):
             total += len(encoding.encode(value, disallowed_special=()))
         if key == "name":
             total += TOKENS_PER_NAME
     return total
+
+
+def image_part_tokens(part: Mapping[str, Any], model: str) -> int:
+    """Prompt tokens of one content part if it is an image (a stored reference or an `image_url`), else 0."""
+    from tasks.llm.pricing import image_tokens
+    from tasks.prompting.images import part_size
+
+    size = part_size(dict(part))
+    return 0 if size is None else image_tokens(model, *size)

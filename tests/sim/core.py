@@ -17,7 +17,7 @@ from tests.sim.config import SimConfig
 from tests.sim.content import SampleWriter, SchemaFiller, detect_sample_type, last_user_text, llava_text, read_facts
 from tests.sim.faults import Dice
 from tests.sim.ratelimit import RateLimits
-from tests.sim.tokens import REPLY_PRIMING, PrefixCache, TokenCounter
+from tests.sim.tokens import REPLY_PRIMING, ImagePartError, PrefixCache, TokenCounter
 
 REFUSAL = "I'm sorry, but I can't help with that request."
 FINGERPRINT = "fp_vistune_sim"
@@ -124,7 +124,10 @@ class Simulator:
             raise BadRequest("'model' is required", "model")
         if body.get("stream"):
             raise BadRequest("the simulator does not support stream=true", "stream")
-        per_message = [self.counter.message(m) for m in messages]
+        try:
+            per_message = [self.counter.message(m, body["model"]) for m in messages]
+        except ImagePartError as exc:  # OpenAI answers 400 invalid_request_error for these
+            raise BadRequest(str(exc), "messages") from None
         prefix = messages[:-1]
         digest = hashlib.blake2b(raw, digest_size=16).digest()
         metadata = body.get("metadata")
