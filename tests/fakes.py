@@ -39,6 +39,12 @@ def plan_stand_ins(db: Path, *request_ids: str) -> None:
         store.insert_rows(con, RequestRow, rows)
 
 
+def journal_row(request_id: str, n: int, **fields: Any) -> dict[str, Any]:
+    """A response row as the engine journals it (attempt `n` of `request_id`, status ok)."""
+    return {"response_id": f"{request_id}-{n}", "request_id": request_id, "attempt": n, "status": "ok",
+            "content": "x", "created_at": store.utcnow().isoformat(), **fields}
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Poll `predicate` until it holds; fail naming `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from schemas.generation import RESPONSE_STATUSES, RETRYABLE_STATUSES, GenerateConfig
-from schemas.tables import ResponseRow
 from tasks import store
 from tasks.llm import pricing
 from tasks.llm.batch import batch_line, split_lines
@@ -21,7 +20,7 @@ from tasks.llm.ratelimit import LocalRateLimiter, RateLimiter, parse_duration, r
 from tasks.llm.shared_limiter import SharedRateLimiter
 from tasks.prompting.formats import render
 from tasks.store.journal import Journal, journal_dir, replay_orphans
-from tests.fakes import plan_stand_ins
+from tests.fakes import journal_row, plan_stand_ins
 
 
 def _body(content: str | None, finish_reason: str = "stop", refusal: str | None = None) -> dict:
@@ -121,22 +120,17 @@ def test_shared_limiter_follows_the_protocol(tmp_path: Path) -> None:
     assert isinstance(SharedRateLimiter(tmp_path / "bucket.sqlite", rpm=60), RateLimiter)
 
 
-def _row(request_id: str, n: int) -> dict:
-    return ResponseRow(response_id=f"{request_id}-{n}", request_id=request_id, attempt=n, status="ok",
-                       content="x", created_at=store.utcnow()).model_dump(mode="json")
-
 
 def test_journal_flushes_in_batches_and_replays_a_dead_process(db_path: Path) -> None:
-    store.ensure_schema(db_path)
-    plan_stand_ins(db_path, "a", "b", "c")
+    plan_stand_ins(db_path, "a", "b", "c")  # creates the schema too
     journal = Journal(db_path)
     for i in range(5):
-        journal.append(_row("a", i))
+        journal.append(journal_row("a", i))
     assert journal.pending == 5
     assert journal.flush() == 5
     assert store.query("SELECT count(*) AS n FROM responses", path=db_path)[0]["n"] == 5
     assert replay_orphans(db_path) == 0  # the journal's owner is alive: its rows are its own business
-    journal.append(_row("b", 1))
+    journal.append(journal_row("b", 1))
     journal.close()
     assert store.query("SELECT count(*) AS n FROM responses", path=db_path)[0]["n"] == 6
     assert list(journal_dir(db_path).iterdir()) == []
@@ -145,7 +139,7 @@ def test_journal_flushes_in_batches_and_replays_a_dead_process(db_path: Path) ->
     # with a torn last line; replay loads the complete lines once.
     folder = journal_dir(db_path)
     (folder / "999-dead.lock").write_text("")
-    lines = [json.dumps(_row("c", i)) + "\n" for i in range(3)]
+    lines = [json.dumps(journal_row("c", i)) + "\n" for i in range(3)]
     (folder / "999-dead.000001.jsonl").write_text("".join(lines) + '{"response_id": "torn')
     (folder / "999-dead.000002.jsonl").write_text(lines[0])  # already loaded rows are ignored
     assert replay_orphans(db_path) == 3
@@ -181,7 +175,7 @@ def test_journal_survives_concurrent_appends_during_flush(db_path: Path) -> None
 
     async def produce() -> None:
         for i in range(300):
-            journal.append(_row("p", i))
+            journal.append(journal_row("p", i))
             if i % 50 == 0:
                 await asyncio.to_thread(journal.flush)
 

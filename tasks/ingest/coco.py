@@ -254,6 +254,23 @@ class _Reader:
     def skip(self, table: str, source: str, record: str, reason: str, detail: str) -> None:
         self.out.issues.append(IngestIssue(source, record, reason, detail, table))
 
+    def links_to_kept_image(self, table: str, source: str, label: str, rec: dict[str, Any],
+                            keys: tuple[str, ...]) -> bool:
+        """Whether a caption or instance has `keys` and belongs to a kept image; skips or drops it otherwise."""
+        kind = "caption" if table == "captions" else "instance"
+        if missing := _missing(rec, keys):
+            self.skip(table, source, label, "missing_key", f"{kind} record lacks {', '.join(missing)}")
+        elif problem := id_problem(rec["image_id"]):
+            self.skip(table, source, label, "bad_id", f"{kind} image_id {problem}")
+        elif rec["image_id"] in self.skipped_images:
+            self.out.dropped[table] += 1  # its image was skipped: one issue, not one per caption or box
+        elif rec["image_id"] not in self.out.images:
+            self.skip(table, source, label, "unknown_image",
+                      f"{kind} refers to image {rec['image_id']}, which is not listed")
+        else:
+            return True
+        return False
+
     def by_id(self, table: str, sources: Iterable[tuple[str, list[Any]]]) -> list[tuple[str, dict[str, Any]]]:
         """Records of `table` grouped by id, one `(source file, record)` per id, in file order.
 
@@ -323,15 +340,8 @@ def _parse(captions_path: Path, instances_path: Path, image_dir: Path, coco_root
 
     for source, rec in reader.by_id("captions", ((cap_name, captions_data["annotations"]),)):
         label = f"caption {rec['id']}"
-        if missing := _missing(rec, ("image_id", "caption")):
-            skip("captions", source, label, "missing_key", f"caption record lacks {', '.join(missing)}")
-        elif problem := id_problem(rec["image_id"]):
-            skip("captions", source, label, "bad_id", f"caption image_id {problem}")
-        elif rec["image_id"] in reader.skipped_images:
-            out.dropped["captions"] += 1
-        elif rec["image_id"] not in out.images:
-            skip("captions", source, label, "unknown_image",
-                 f"caption refers to image {rec['image_id']}, which is not listed")
+        if not reader.links_to_kept_image("captions", source, label, rec, ("image_id", "caption")):
+            pass
         elif rec["caption"] is None or (isinstance(rec["caption"], str) and not rec["caption"].strip()):
             skip("captions", source, label, "empty_caption", "caption text is empty")
         elif not isinstance(rec["caption"], str):
@@ -370,15 +380,8 @@ def _parse(captions_path: Path, instances_path: Path, image_dir: Path, coco_root
     good_anns = []
     for source, rec in reader.by_id("objects", ((inst_name, instances_data["annotations"]),)):
         label = f"annotation {rec['id']}"
-        if missing := _missing(rec, ("image_id", "category_id", "bbox")):
-            skip("objects", source, label, "missing_key", f"instance record lacks {', '.join(missing)}")
-        elif problem := id_problem(rec["image_id"]):
-            skip("objects", source, label, "bad_id", f"instance image_id {problem}")
-        elif rec["image_id"] in reader.skipped_images:
-            out.dropped["objects"] += 1
-        elif rec["image_id"] not in out.images:
-            skip("objects", source, label, "unknown_image",
-                 f"instance refers to image {rec['image_id']}, which is not listed")
+        if not reader.links_to_kept_image("objects", source, label, rec, ("image_id", "category_id", "bbox")):
+            pass
         elif problem := id_problem(rec["category_id"]):
             skip("objects", source, label, "bad_id", f"instance category_id {problem}")
         else:
