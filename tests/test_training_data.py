@@ -18,10 +18,12 @@ from training.config import load_config
 from training.data import (
     IGNORE_INDEX,
     Collator,
+    ImagePathError,
     LlavaJsonDataset,
     TokenizationMismatch,
     expand_and_truncate,
     load_rgb,
+    resolve_image,
     tokenize_segments,
 )
 from training.model import build_base_model, build_processor, num_image_tokens
@@ -252,3 +254,18 @@ def test_vision_tower_loads_from_a_full_clip_checkpoint(tiny_cfg, tmp_path):
     loaded = model.model.vision_tower.encoder.layers[1].self_attn.q_proj.weight
     torch.testing.assert_close(loaded, clip.vision_model.encoder.layers[1].self_attn.q_proj.weight, rtol=0, atol=0)
     assert num_image_tokens(processor) == model.config.image_seq_length == 16
+
+
+@pytest.mark.parametrize("image", ["../../../../etc/passwd", "/etc/passwd", "sub/../../outside.png",
+                                   "..\\x.png", "C:/x.png"])
+def test_an_image_path_leaving_image_root_is_refused_naming_the_record(processor, image_root, image):
+    # issue 13, item 4: training never opens a file outside image_root, whatever the json says
+    outside = image_root.parent / "outside.png"
+    Image.new("RGB", (40, 40)).save(outside)
+    records = [MULTI_TURN, {**MULTI_TURN, "id": "evil-1", "image": image}]
+    with pytest.raises(ImagePathError, match=r"sample evil-1: image path .* leaves image_root"):
+        LlavaJsonDataset(records, image_root, processor, "vicuna_v1", 256)
+    with pytest.raises(ImagePathError, match="evil-1"):
+        resolve_image(image_root, image, "evil-1")
+    assert resolve_image(image_root, "rgb.png", "ok") == image_root.resolve() / "rgb.png"
+    assert resolve_image(image_root, "a/./rgb.png", "ok") == image_root.resolve() / "a" / "rgb.png"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Group = Literal["vision", "projector", "llm"]
 Method = Literal["full", "lora", "qlora"]
@@ -47,6 +47,19 @@ class StageConfig(BaseModel):
     gradient_checkpointing: bool | None = Field(
         None, description="activation checkpointing for this stage; None follows the top-level gradient_checkpointing"
     )
+    eval_split: float | Path | None = Field(
+        None, description="held-out data: a fraction (0-1) of `data` set aside by seed, or a LLaVA json file"
+    )
+    eval_every: int | None = Field(
+        None, ge=1, description="optimizer steps between held-out evaluations (also one at the end); None: end only"
+    )
+
+    @field_validator("eval_split")
+    @classmethod
+    def _fraction_in_range(cls, value: float | Path | None) -> float | Path | None:
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError(f"eval_split {value} must be a fraction between 0 and 1 (exclusive), or a json path")
+        return value
 
 
 class Stage1Config(StageConfig):
@@ -67,6 +80,26 @@ class Stage2Config(StageConfig):
     learning_rate: float = 2e-5
     batch_size: int = 32
     epochs: float = 3.0
+
+
+class DataConfig(BaseModel):
+    """How a stage's data is checked before training and what a bad sample does (training/preflight.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preflight: bool = Field(True, description="check every record before any model weights load")
+    preflight_images: Literal["header", "decode"] = Field(
+        "decode", description="decode: PIL verify then a full decode; header: open and read the header only"
+    )
+    preflight_workers: int | None = Field(None, ge=1, description="processes for the check; None: all CPU cores")
+    on_bad_sample: Literal["fail", "skip"] = Field(
+        "fail", description="fail: stop listing every bad record; skip: drop them before training (counted)"
+    )
+    max_bad_fraction: float = Field(
+        0.001, ge=0.0, le=1.0,
+        description="samples that fail at training time are replaced; stop once more than this fraction of "
+        "the stage's records failed",
+    )
 
 
 class TrainConfig(BaseModel):
@@ -110,6 +143,11 @@ class TrainConfig(BaseModel):
         None, description="torch threads on CPU; 1 is fastest for tiny models on busy hosts"
     )
     resume: bool = Field(True, description="continue from the newest checkpoint of the stage when one exists")
+    rank_trace: bool = Field(
+        False, description="each process writes the sample ids it trains on and its final trainable weights "
+        "under <stage>/rank_trace/ (the distributed tests read them)",
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
     stage1: Stage1Config = Field(default_factory=Stage1Config)
     stage2: Stage2Config = Field(default_factory=Stage2Config)
 

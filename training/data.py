@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -22,11 +26,42 @@ from training.model import num_image_tokens
 from training.templates import TEMPLATES, Segment
 
 IGNORE_INDEX = -100
+MAX_REPLACEMENTS = 16  # consecutive failing records before the data counts as broken, not a few bad samples
 log = logging.getLogger(__name__)
 
 
 class TokenizationMismatch(ValueError):
     """The tokenizer merged text across a template boundary, so labels cannot be placed exactly."""
+
+
+class ImageTokensTooLong(ValueError):
+    """A sample's image tokens do not fit within `model_max_length` (text is cut, image tokens never are)."""
+
+
+class ImagePathError(ValueError):
+    """A record's `image` names a file outside `image_root` (absolute, or climbing out with `..`)."""
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def resolve_image(image_root: Path, image: object, sample_id: str) -> Path:
+    """`image_root / image`, refusing any path that leaves the root (the json may come from anywhere).
+
+    The check is lexical on the resolved root: `..` parts, absolute paths and Windows paths are refused;
+    symlinks inside the root are the root owner's and are followed as they are.
+    """
+    if not isinstance(image, str) or not image.strip():
+        raise ImagePathError(f"sample {sample_id}: 'image' must be a non-empty path string, got {image!r:.80}")
+    root = Path(image_root).resolve()
+    relative = PurePosixPath(image)
+    if "\\" in image or _DRIVE.match(image) or relative.is_absolute() or ".." in relative.parts:
+        raise ImagePathError(f"sample {sample_id}: image path {image!r:.200} leaves image_root {root}; "
+                             "image paths must be relative to image_root, without '..'")
+    target = Path(os.path.normpath(root / image))
+    if not target.is_relative_to(root):
+        raise ImagePathError(f"sample {sample_id}: image path {image!r:.200} leaves image_root {root}")
+    return target
 
 
 def load_records(path: Path) -> list[dict]:
@@ -35,6 +70,8 @@ def load_records(path: Path) -> list[dict]:
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a json list of LLaVA records")
     for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: record {index} is a {type(record).__name__}, not a json object")
         if "conversations" not in record:
             raise ValueError(f"{path}: record {index} (id={record.get('id')!r}) has no 'conversations'")
     return records
@@ -69,23 +106,31 @@ def _with_image_placeholder(conversations: list[dict], has_image: bool, sample_i
 def tokenize_segments(segments: list[Segment], tokenizer, sample_id: str) -> tuple[list[int], list[int]]:
     """Token ids and labels for rendered segments; raises `TokenizationMismatch` on a straddling token."""
     text = "".join(segment.text for segment in segments)
-    target_at = []  # per character: inside a target segment?
-    for segment in segments:
-        target_at.extend([segment.target] * len(segment.text))
-    encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-    ids, labels = list(encoded["input_ids"]), []
-    for token_id, (start, end) in zip(ids, encoded["offset_mapping"], strict=True):
-        if start == end:  # tokens the tokenizer added (bos): never targets
-            labels.append(IGNORE_INDEX)
-            continue
-        flags = set(target_at[start:end])
-        if len(flags) != 1:
-            raise TokenizationMismatch(
-                f"sample {sample_id}: token {tokenizer.convert_ids_to_tokens(token_id)!r} spans "
-                f"{text[start:end]!r} across a reply boundary; fix the text or use a tokenizer/template that "
-                "splits there (LLaVA would silently drop this sample's labels)"
-            )
-        labels.append(token_id if flags.pop() else IGNORE_INDEX)
+    # One byte per character, 1 inside a target segment: a token's span is all-target or all-not iff the
+    # count of ones in it is its length or zero.
+    target_at = bytearray().join(bytes([segment.target]) * len(segment.text) for segment in segments)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the fast tokenizer's own encoding: the same ids and offsets, without the wrapper
+        encoding = backend.encode(text, add_special_tokens=True)
+        ids, offsets = list(encoding.ids), encoding.offsets
+    else:
+        encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+    # Vectorised over tokens: characters inside target segments per token span, from a prefix sum.
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    inside_before = np.concatenate(([0], np.cumsum(np.frombuffer(bytes(target_at), dtype=np.uint8), dtype=np.int64)))
+    inside = inside_before[spans[:, 1]] - inside_before[spans[:, 0]]
+    width = spans[:, 1] - spans[:, 0]  # 0 for tokens the tokenizer added (bos): never targets
+    straddling = np.flatnonzero((inside != 0) & (inside != width))
+    if straddling.size:
+        index = int(straddling[0])
+        start, end = int(spans[index, 0]), int(spans[index, 1])
+        raise TokenizationMismatch(
+            f"sample {sample_id}: token {tokenizer.convert_ids_to_tokens(ids[index])!r} spans "
+            f"{text[start:end]!r} across a reply boundary; fix the text or use a tokenizer/template that "
+            "splits there (LLaVA would silently drop this sample's labels)"
+        )
+    labels = np.where(inside > 0, np.asarray(ids, dtype=np.int64), IGNORE_INDEX).tolist()
     return ids, labels
 
 
@@ -96,20 +141,42 @@ def expand_and_truncate(
     out_ids: list[int] = []
     out_labels: list[int] = []
     image_end = 0
-    for token_id, label in zip(ids, labels, strict=True):
-        if token_id == image_token_id:
-            out_ids.extend([image_token_id] * image_tokens)
-            out_labels.extend([IGNORE_INDEX] * image_tokens)
-            image_end = len(out_ids)
-        else:
-            out_ids.append(token_id)
-            out_labels.append(label)
+    start = 0
+    while image_token_id in ids[start:]:  # slices, not a per-token loop: most samples have one image or none
+        position = ids.index(image_token_id, start)
+        out_ids += ids[start:position] + [image_token_id] * image_tokens
+        out_labels += labels[start:position] + [IGNORE_INDEX] * image_tokens
+        image_end = len(out_ids)
+        start = position + 1
+    out_ids += ids[start:]
+    out_labels += labels[start:]
     if image_end > max_length:
-        raise ValueError(
+        raise ImageTokensTooLong(
             f"sample {sample_id}: its {image_tokens} image tokens end at position {image_end} > model_max_length "
             f"{max_length}; raise model_max_length"
         )
     return out_ids[:max_length], out_labels[:max_length]
+
+
+def encode_conversation(
+    record: dict,
+    sample_id: str,
+    render: Callable[[list[dict], str, str], list[Segment]],
+    tokenizer,
+    image_token_id: int,
+    image_tokens: int,
+    max_length: int,
+) -> tuple[list[int], list[int], int]:
+    """A record's conversation rendered, tokenised, image tokens expanded and truncated at `max_length`.
+
+    Returns (ids, labels, untruncated length). The one path from text to tokens: training and preflight share it.
+    """
+    conversations = _with_image_placeholder(record["conversations"], bool(record.get("image")), sample_id)
+    segments = render(conversations, sample_id, tokenizer.eos_token)
+    ids, labels = tokenize_segments(segments, tokenizer, sample_id)
+    full_length = len(ids) + (image_tokens - 1) * ids.count(image_token_id)
+    ids, labels = expand_and_truncate(ids, labels, image_token_id, image_tokens, max_length, sample_id)
+    return ids, labels, full_length
 
 
 @dataclass
@@ -120,13 +187,24 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     pixel_values: torch.Tensor | None
+    failed_ids: tuple[str, ...] = ()
 
 
 class LlavaJsonDataset(Dataset):
-    """LLaVA-format records rendered with a template and tokenised on access."""
+    """LLaVA-format records rendered with a template and tokenised on access.
+
+    With `replace_bad`, a record that fails is replaced by the next one that does not; the example carries the
+    failed ids (`failed_ids`) so the training loop can log and count them.
+    """
 
     def __init__(
-        self, records: list[dict], image_root: Path, processor: LlavaProcessor, template: str, max_length: int
+        self,
+        records: list[dict],
+        image_root: Path,
+        processor: LlavaProcessor,
+        template: str,
+        max_length: int,
+        replace_bad: bool = False,
     ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
@@ -137,6 +215,21 @@ class LlavaJsonDataset(Dataset):
         self.max_length = max_length
         self.image_tokens = num_image_tokens(processor)
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+        self.replace_bad = replace_bad
+        self._check_image_paths()
+
+    def _check_image_paths(self) -> None:
+        """Fail before training starts when any record's image lies outside `image_root` (cheap: no file opened)."""
+        bad: list[str] = []
+        for index, record in enumerate(self.records):
+            if record.get("image"):
+                try:
+                    resolve_image(self.image_root, record["image"], str(record.get("id", index)))
+                except ImagePathError as exc:
+                    bad.append(str(exc))
+        if bad:
+            more = f" (and {len(bad) - 1} more record(s) like it)" if len(bad) > 1 else ""
+            raise ImagePathError(f"{bad[0]}{more}")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -149,23 +242,47 @@ class LlavaJsonDataset(Dataset):
             lengths.append(words + self.image_tokens if record.get("image") else -words)
         return lengths
 
-    def __getitem__(self, index: int) -> Example:
+    def encode(self, index: int) -> tuple[list[int], list[int], int]:
+        """Token ids and labels of record `index` (image tokens expanded, truncated), and its untruncated length."""
+        record = self.records[index]
+        return encode_conversation(
+            record, str(record.get("id", index)), self.render, self.processor.tokenizer, self.image_token_id,
+            self.image_tokens, self.max_length,
+        )
+
+    def example(self, index: int) -> Example:
+        """Record `index` tokenised, with its image's pixels; raises on any problem with the record."""
         record = self.records[index]
         sample_id = str(record.get("id", index))
-        has_image = bool(record.get("image"))
-        conversations = _with_image_placeholder(record["conversations"], has_image, sample_id)
-        segments = self.render(conversations, sample_id, self.processor.tokenizer.eos_token)
-        ids, labels = tokenize_segments(segments, self.processor.tokenizer, sample_id)
-        ids, labels = expand_and_truncate(
-            ids, labels, self.image_token_id, self.image_tokens, self.max_length, sample_id
-        )
+        ids, labels, _ = self.encode(index)
         if all(label == IGNORE_INDEX for label in labels):
             log.warning("sample %s: no reply tokens left within model_max_length %d", sample_id, self.max_length)
         pixels = None
-        if has_image:
-            image = load_rgb(self.image_root / record["image"])
+        if record.get("image"):
+            image = load_rgb(resolve_image(self.image_root, record["image"], sample_id))
             pixels = self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
         return Example(sample_id, ids, labels, pixels)
+
+    def __getitem__(self, index: int) -> Example:
+        if not self.replace_bad:
+            return self.example(index)
+        # A record that passed preflight can still fail (an image replaced or corrupted since): train on the
+        # next record instead and report the failed id, so the loop can count it against max_bad_fraction.
+        failed: list[str] = []
+        for offset in range(min(len(self.records), MAX_REPLACEMENTS + 1)):
+            candidate = (index + offset) % len(self.records)
+            try:
+                example = self.example(candidate)
+            except Exception as exc:  # any failure of one record must not end the run
+                sample_id = str(self.records[candidate].get("id", candidate))
+                log.warning("sample %s failed at training time (%s: %s); replaced by another sample",
+                            sample_id, type(exc).__name__, exc)
+                failed.append(sample_id)
+                continue
+            example.failed_ids = tuple(failed)
+            return example
+        raise RuntimeError(f"samples {', '.join(failed)} all failed in a row; the data is broken, run "
+                           "`python -m training check` to see why")
 
 
 class Collator:
@@ -174,7 +291,7 @@ class Collator:
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
-    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[Example]) -> dict:
         width = max(len(example.input_ids) for example in examples)
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -184,7 +301,10 @@ class Collator:
             input_ids[row, :length] = torch.tensor(example.input_ids)
             labels[row, :length] = torch.tensor(example.labels)
             attention_mask[row, :length] = 1
-        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        batch: dict = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        # Not model inputs: the loop pops them (which samples trained, which failed and were replaced).
+        batch["sample_ids"] = [example.id for example in examples]
+        batch["failed_ids"] = [sample_id for example in examples for sample_id in example.failed_ids]
         pixels = [example.pixel_values for example in examples if example.pixel_values is not None]
         if pixels:
             batch["pixel_values"] = torch.stack(pixels)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -24,13 +27,19 @@ from training.config import StageConfig, StageName, TrainConfig, dump_config
 from training.data import IGNORE_INDEX, Collator, LlavaJsonDataset, load_records
 from training.lora import apply_lora
 from training.metrics import MetricsLog, plot_loss
-from training.model import load_for_stage, resolve_dtype
+from training.model import load_for_stage, processor_for_stage, resolve_dtype
+from training.preflight import PreflightFailed, load_json_list, preflight_stage
 from training.sampler import ModalityLengthGroupedSampler
 from training.serving import warn_if_linear
 from training.stages import freeze_backbones, group_of
 
 log = logging.getLogger(__name__)
 PROJECTOR_FILE = "projector.safetensors"
+RANK_TRACE_DIR = "rank_trace"
+
+
+class TooManyBadSamples(RuntimeError):
+    """More records failed at training time than `data.max_bad_fraction` allows."""
 
 
 def projector_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -85,7 +94,17 @@ class Window:
     losses: list[torch.Tensor] = field(default_factory=list)
     tokens: int = 0
     samples: int = 0
+    failed: list[str] = field(default_factory=list)
     start: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class StageData:
+    """A stage's records after preflight: what trains, what is held out, and how many were dropped."""
+
+    train: list[dict]
+    eval: list[dict]
+    skipped: int = 0
 
 
 @dataclass
@@ -107,6 +126,13 @@ class Run:
     total_steps: int
     progress: Progress
     metrics: MetricsLog
+    eval_loader: DataLoader | None = None
+    skipped: int = 0
+    bad_ids: set[str] = field(default_factory=set)
+    train_records: int = 0
+    image_only: list[torch.nn.Parameter] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    start_step: int = 0
     window: Window = field(default_factory=Window)
 
 
@@ -131,18 +157,26 @@ def prepare_model(cfg: TrainConfig, stage: StageConfig) -> tuple[torch.nn.Module
 
 
 def build_loader(
-    cfg: TrainConfig, stage_name: StageName, processor: LlavaProcessor, processes: int
+    cfg: TrainConfig,
+    stage_name: StageName,
+    processor: LlavaProcessor,
+    records: list[dict] | None = None,
 ) -> tuple[ModalityLengthGroupedSampler, DataLoader]:
-    """The stage's dataset behind a length-grouped sampler, batched per device."""
+    """The stage's dataset behind a length-grouped sampler, batched per device (`records`: its data, after
+    preflight; read from `stageN.data` when not given)."""
     stage = cfg.stage(stage_name)
+    records = load_records(stage.data) if records is None else records
     dataset = LlavaJsonDataset(
-        load_records(stage.data), cfg.image_root, processor, stage.template, cfg.model_max_length
+        records, cfg.image_root, processor, stage.template, cfg.model_max_length, replace_bad=True
     )
     if len(dataset) == 0:
         raise ValueError(f"{stage_name}.data {stage.data} holds no records")
+    # Grouped by the global batch (as LLaVA: per device x processes x accumulation), so one optimizer step
+    # holds one modality and the order is the same for any number of processes: a 2-process run and a
+    # 1-process run with the same global batch train on the same samples at every step.
     sampler = ModalityLengthGroupedSampler(
         dataset.modality_lengths(),
-        stage.per_device_batch_size * processes,
+        stage.batch_size,
         seed=cfg.seed,
         group=cfg.group_by_length,
     )
@@ -157,6 +191,81 @@ def build_loader(
     return sampler, loader
 
 
+def _check_and_filter(cfg: TrainConfig, stage_name: StageName, files: dict[str, Path]) -> dict:
+    """On the main process: preflight each file; returns {"bad": {name: indices}, "skipped", "error"}."""
+    stage = cfg.stage(stage_name)
+    out = cfg.stage_dir(stage_name)
+    outcome: dict = {"bad": {}, "skipped": 0, "error": None}
+    try:
+        processor = processor_for_stage(cfg, stage)
+        for name, path in files.items():
+            report_dir = out / ("preflight" if name == "train" else f"preflight-{name}")
+            report = preflight_stage(cfg, stage_name, processor, load_json_list(path), path, report_dir)
+            if report.ok:
+                continue
+            if cfg.data.on_bad_sample == "fail":
+                outcome["error"] = report.failure_message(report_dir)
+                return outcome
+            outcome["bad"][name] = report.bad_indices
+            if name == "train":
+                outcome["skipped"] = len(report.bad_indices)
+            log.warning("data.on_bad_sample=skip: dropping %d bad record(s) of %s (listed in %s)",
+                        len(report.bad_indices), path, report_dir / "bad_records.jsonl")
+    except Exception as exc:  # every rank must learn of it, not wait for a broadcast forever
+        outcome["error"] = f"preflight of {stage_name} failed: {type(exc).__name__}: {exc}"
+    return outcome
+
+
+def load_stage_data(cfg: TrainConfig, stage_name: StageName, accelerator: Accelerator) -> StageData:
+    """The stage's records, preflighted (on the main process; the verdict is broadcast) and split into train
+    and held-out parts. Raises `PreflightFailed` listing every bad record under `data.on_bad_sample: fail`."""
+    stage = cfg.stage(stage_name)
+    files = {"train": Path(stage.data)}
+    if isinstance(stage.eval_split, Path):
+        files["eval"] = stage.eval_split
+    if cfg.data.preflight:
+        outcome = _check_and_filter(cfg, stage_name, files) if accelerator.is_main_process else None
+        outcome = broadcast_object_list([outcome])[0] if accelerator.num_processes > 1 else outcome
+        if outcome["error"]:
+            raise PreflightFailed(outcome["error"])
+        loaded = {}
+        for name, path in files.items():
+            drop = set(outcome["bad"].get(name, []))
+            loaded[name] = [r for i, r in enumerate(load_json_list(path)) if i not in drop]
+        skipped = outcome["skipped"]
+    else:
+        loaded, skipped = {name: load_records(path) for name, path in files.items()}, 0
+    train_records = loaded["train"]
+    held_out = loaded.get("eval", [])
+    if isinstance(stage.eval_split, float):
+        # Held out by seed, so every rank and every resume sets aside the same records.
+        order = list(range(len(train_records)))
+        random.Random(cfg.seed).shuffle(order)
+        held = set(order[: max(1, round(stage.eval_split * len(order)))])
+        held_out = [r for i, r in enumerate(train_records) if i in held]
+        train_records = [r for i, r in enumerate(train_records) if i not in held]
+    return StageData(train_records, held_out, skipped)
+
+
+def build_eval_loader(cfg: TrainConfig, stage_name: StageName, processor: LlavaProcessor, records: list[dict],
+                      rank: int, processes: int) -> DataLoader | None:
+    """This process's share of the held-out records (every `processes`-th), in order.
+
+    Shares are padded to equal length with records from the start (at most one per process, counted twice), so
+    every process runs the same number of forwards: ZeRO-3 gathers weights collectively in each forward.
+    """
+    if not records:
+        return None
+    stage = cfg.stage(stage_name)
+    share = records[rank::processes]
+    share += records[: math.ceil(len(records) / processes) - len(share)]
+    dataset = LlavaJsonDataset(
+        share, cfg.image_root, processor, stage.template, cfg.model_max_length, replace_bad=True
+    )
+    return DataLoader(dataset, batch_size=stage.per_device_batch_size,
+                      collate_fn=Collator(processor.tokenizer.pad_token_id))
+
+
 def build_run(cfg: TrainConfig, stage_name: StageName) -> Run:
     """Model, data, optimizer and schedule of one stage, restored from its newest checkpoint when resuming."""
     stage = cfg.stage(stage_name)
@@ -164,8 +273,14 @@ def build_run(cfg: TrainConfig, stage_name: StageName) -> Run:
         raise ValueError(f"{stage_name}.data is not set: give the LLaVA json (e.g. {stage_name}.data=path.json)")
     out = cfg.stage_dir(stage_name)
     dtype = resolve_dtype(cfg.dtype)
-    accumulation = _accumulation_steps(stage.batch_size, stage.per_device_batch_size, PartialState().num_processes)
+    # Without CUDA, `cpu=True` is what makes accelerate join a launcher's processes over gloo (MULTI_CPU);
+    # the default would leave each launched process training alone as rank 0.
+    cpu = not torch.cuda.is_available()
+    accumulation = _accumulation_steps(
+        stage.batch_size, stage.per_device_batch_size, PartialState(cpu=cpu).num_processes
+    )
     accelerator = Accelerator(
+        cpu=cpu,
         gradient_accumulation_steps=accumulation,
         mixed_precision="bf16" if dtype == torch.bfloat16 and torch.cuda.is_available() else "no",
     )
@@ -174,10 +289,16 @@ def build_run(cfg: TrainConfig, stage_name: StageName) -> Run:
         torch.set_num_threads(cfg.cpu_threads)
     if accelerator.is_main_process:
         dump_config(cfg, out / "config.yaml")
+    data = load_stage_data(cfg, stage_name, accelerator)  # before any weights load: bad data fails in seconds
 
     model, processor = prepare_model(cfg, stage)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    sampler, loader = build_loader(cfg, stage_name, processor, accelerator.num_processes)
+    # Trainable weights that only images reach: a text-only batch must still touch them, or DDP waits forever.
+    image_only = [p for n, p in model.named_parameters() if p.requires_grad and group_of(n) in ("projector", "vision")]
+    sampler, loader = build_loader(cfg, stage_name, processor, data.train)
+    eval_loader = build_eval_loader(
+        cfg, stage_name, processor, data.eval, accelerator.process_index, accelerator.num_processes
+    )
     optimizer = torch.optim.AdamW(
         parameter_groups(model, stage), lr=stage.learning_rate, weight_decay=stage.weight_decay
     )
@@ -209,6 +330,11 @@ def build_run(cfg: TrainConfig, stage_name: StageName) -> Run:
         total_steps=total_steps,
         progress=progress,
         metrics=metrics,
+        eval_loader=eval_loader,
+        skipped=data.skipped,
+        train_records=len(data.train),
+        image_only=image_only,
+        start_step=progress.step,
     )
 
 
@@ -226,11 +352,18 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, float] | N
     """Forward and backward one micro-batch; on the one that completes an optimizer step, also step the
     optimizer and schedule and return the step's metrics (None while gradients still accumulate)."""
     accelerator, progress, window = run.accelerator, run.progress, run.window
+    batch = dict(batch)
+    sample_ids, failed = batch.pop("sample_ids", []), batch.pop("failed_ids", [])
+    window.failed.extend(failed)
+    if run.cfg.rank_trace:
+        _trace(run, {"epoch": progress.epoch, "batch": progress.batches_in_epoch, "ids": list(sample_ids)})
     with accelerator.accumulate(run.model):
         outputs = run.model(**batch)
         # A batch whose labels were all truncated away has a NaN mean loss; contribute zero instead.
         has_labels = bool((batch["labels"] != IGNORE_INDEX).any())
         loss = outputs.loss if has_labels else outputs.logits.sum() * 0.0
+        if "pixel_values" not in batch and run.image_only:
+            loss = loss + sum(p.sum() for p in run.image_only) * 0.0
         accelerator.backward(loss)
         window.losses.append(loss.detach())
         window.tokens += int(batch["attention_mask"].sum())
@@ -244,7 +377,9 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, float] | N
     if not accelerator.sync_gradients:
         return None
     progress.step += 1
+    _count_bad_samples(run)
     elapsed = time.perf_counter() - window.start
+    per_step = (time.perf_counter() - run.started) / max(1, progress.step - run.start_step)
     step = {
         "loss": accelerator.reduce(torch.stack(window.losses).mean(), reduction="mean").item(),
         "lr": run.scheduler.get_last_lr()[-1],  # the LLM group when the projector has its own
@@ -252,9 +387,64 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, float] | N
         "epoch": progress.epoch + progress.batches_in_epoch / max(1, len(run.loader)),
         "samples_per_s": window.samples * accelerator.num_processes / elapsed,
         "tokens_per_s": window.tokens * accelerator.num_processes / elapsed,
+        "eta_s": per_step * (run.total_steps - progress.step),
     }
+    if run.bad_ids:
+        step["bad_samples"] = len(run.bad_ids)
+    if run.skipped and progress.step == run.start_step + 1:
+        step["preflight_skipped"] = run.skipped
     run.window = Window()
     return step
+
+
+def _count_bad_samples(run: Run) -> None:
+    """Log the samples replaced since the last step (all ranks') and stop past `data.max_bad_fraction`."""
+    failed = run.window.failed
+    if run.accelerator.num_processes > 1:
+        failed = gather_object([failed])  # one list per rank; every rank gets all of them
+        failed = [sample_id for part in failed for sample_id in part]
+    new = sorted(set(failed) - run.bad_ids)
+    if not new:
+        return
+    run.bad_ids.update(new)
+    allowed = run.cfg.data.max_bad_fraction * run.train_records
+    if run.accelerator.is_main_process:
+        log.warning("step %d: sample(s) %s failed and were replaced (%d bad so far, %d allowed)",
+                    run.progress.step, ", ".join(new), len(run.bad_ids), int(allowed))
+    if len(run.bad_ids) > allowed:
+        raise TooManyBadSamples(
+            f"{len(run.bad_ids)} of {run.train_records} samples failed at training time "
+            f"({', '.join(sorted(run.bad_ids))}), more than data.max_bad_fraction={run.cfg.data.max_bad_fraction}; "
+            "run `python -m training check` to list what is wrong with the data"
+        )
+
+
+def _trace(run: Run, record: dict) -> None:
+    """Append to this process's trace (`rank_trace: true`): what it trained on, for the distributed tests."""
+    directory = run.out / RANK_TRACE_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"rank": run.accelerator.process_index, "pid": os.getpid(), **record}
+    with (directory / f"rank-{run.accelerator.process_index}.jsonl").open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def evaluate(run: Run) -> float:
+    """Token-weighted loss on the held-out records, summed over all processes (each holds its own share)."""
+    accelerator = run.accelerator
+    total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    tokens = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    run.model.eval()
+    with torch.no_grad():
+        for batch in run.eval_loader or []:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            count = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # the model shifts labels by one
+            loss = run.model(**batch).loss  # run even when it counts for nothing: ranks forward in lockstep
+            if count:
+                total += loss.double() * count
+                tokens += count
+    run.model.train()
+    total, tokens = accelerator.reduce(total, reduction="sum"), accelerator.reduce(tokens, reduction="sum")
+    return float(total / tokens) if tokens > 0 else float("nan")
 
 
 def save(run: Run, final: bool) -> None:
@@ -269,6 +459,8 @@ def save(run: Run, final: bool) -> None:
             run.progress,
             run.cfg.keep_checkpoints,
         )
+        if run.accelerator.is_main_process:  # a curve to look at (or publish) while training runs
+            plot_loss(run.metrics.path, run.out / "loss_curve.png")
         return
     run.accelerator.wait_for_everyone()
     _save_final(run.accelerator, run.model, run.processor, run.out / "final")
@@ -290,6 +482,15 @@ def train(cfg: TrainConfig, stage_name: StageName) -> Path:
                 continue
             if progress.step % cfg.log_every == 0 or progress.step == run.total_steps:
                 run.metrics.log(progress.step, step)
+            every = run.stage.eval_every
+            if run.eval_loader is not None and (
+                progress.step == run.total_steps or (every and progress.step % every == 0)
+            ):
+                eval_loss = evaluate(run)
+                run.metrics.log(progress.step, {"eval_loss": eval_loss})
+                if run.accelerator.is_main_process:
+                    log.info("step %d: held-out loss %.4f", progress.step, eval_loss)
+                    plot_loss(run.metrics.path, run.out / "loss_curve.png")
             bar.update(1)
             bar.set_postfix(loss=f"{step['loss']:.4f}")
             if progress.step % cfg.save_every == 0:
@@ -302,7 +503,16 @@ def train(cfg: TrainConfig, stage_name: StageName) -> Path:
     bar.close()
     run.metrics.close()
     save(run, final=True)
+    if cfg.rank_trace:
+        _save_rank_weights(run)
     return run.out
+
+
+def _save_rank_weights(run: Run) -> None:
+    """This process's trainable weights (`rank_trace: true`): identical on every rank when gradients sync."""
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    state = {n: p.detach().cpu().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
+    save_file(state, str(run.out / RANK_TRACE_DIR / f"rank-{run.accelerator.process_index}.safetensors"))
 
 
 def _save_final(accelerator: Accelerator, model, processor, final: Path) -> None:

@@ -1,4 +1,4 @@
-"""Metrics to a JSON-lines log and TensorBoard, and a loss-curve PNG at the end."""
+"""Metrics to a JSON-lines log and TensorBoard, and a loss-curve PNG (train and held-out loss)."""
 
 from __future__ import annotations
 
@@ -50,17 +50,22 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_loss(metrics_path: Path, png_path: Path) -> Path:
-    """Draw train loss against step."""
+    """Draw train loss, and held-out loss where logged (`eval_loss`), against step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read_metrics(metrics_path) if "loss" in r]
+    metrics = read_metrics(metrics_path)
+    records = [r for r in metrics if "loss" in r]
+    held_out = [r for r in metrics if "eval_loss" in r]
     figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot([r["step"] for r in records], [r["loss"] for r in records])
+    axis.plot([r["step"] for r in records], [r["loss"] for r in records], label="train")
+    if held_out:
+        axis.plot([r["step"] for r in held_out], [r["eval_loss"] for r in held_out], "o-", label="held-out")
+        axis.legend()
     axis.set_xlabel("optimizer step")
-    axis.set_ylabel("train loss")
+    axis.set_ylabel("loss")
     axis.set_title(metrics_path.parent.name)
     figure.tight_layout()
     figure.savefig(png_path)

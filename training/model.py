@@ -203,13 +203,30 @@ def load_for_stage(cfg: TrainConfig, stage: StageConfig) -> tuple[LlavaForCondit
     model = load_model(
         init, resolve_dtype(cfg.dtype), resolve_attention(cfg.attn_implementation), stage.method == "qlora"
     )
+    return model, _checkpoint_processor(cfg, init, model.config.vision_config.image_size)
+
+
+def _checkpoint_processor(cfg: TrainConfig, init: Path, image_size: int) -> LlavaProcessor:
     processor = AutoProcessor.from_pretrained(init)
     processor.tokenizer.model_max_length = cfg.model_max_length
     wanted = cfg.image_preprocessing
     if wanted is not None and preprocessing_of(processor.image_processor) != wanted:
         # The config wins over the checkpoint's processor, and the stage saves the processor it trained with.
         log.info("image_preprocessing: %s -> %s", preprocessing_of(processor.image_processor), wanted)
-        processor.image_processor = image_processor_for(
-            processor.image_processor, wanted, model.config.vision_config.image_size
-        )
-    return model, processor
+        processor.image_processor = image_processor_for(processor.image_processor, wanted, image_size)
+    return processor
+
+
+def processor_for_stage(cfg: TrainConfig, stage: StageConfig) -> LlavaProcessor:
+    """The processor a stage will train with, without loading any model weights (for preflight).
+
+    Stage 2 reads it from `init_from` when that checkpoint exists; otherwise (stage 1, or stage 2 checked before
+    stage 1 ran) it is built from the base models' configs and tokenizer, as stage 1 builds it.
+    """
+    init = Path(stage.init_from) if stage.init_from is not None else None
+    if init is not None and (init / "config.json").exists():
+        image_size = LlavaConfig.from_pretrained(init).vision_config.image_size
+        return _checkpoint_processor(cfg, init, image_size)
+    tower = vision_tower_of(cfg.vision_model)
+    vision_config = tower.model_class.config_class.from_pretrained(cfg.vision_model)
+    return build_processor(cfg, vision_config.patch_size, tower, vision_config.image_size)
