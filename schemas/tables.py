@@ -94,10 +94,27 @@ class IngestErrorRow(TableRow):
     detail: str
 
 
-class RequestRow(TableRow):
-    """One planned LLM call. `request_id` hashes model + messages + params, so identical calls collapse."""
+class PromptPrefixRow(TableRow):
+    """Messages that many requests start with (system and few-shots of a prompt version, type and format), stored once.
 
-    table: ClassVar[str] = "requests"
+    `prefix_id` hashes the messages. The view `requests` puts them back in front of each request's own messages.
+    """
+
+    table: ClassVar[str] = "prompt_prefixes"
+    primary_key: ClassVar[tuple[str, ...]] = ("prefix_id",)
+    prefix_id: str
+    messages: list[dict[str, Any]]
+    created_at: datetime
+
+
+class RequestRow(TableRow):
+    """One planned LLM call. `request_id` hashes model + the full messages + params, so identical calls collapse.
+
+    Stored in `requests_stored` with only the request's own messages (the image's) and `prefix_id`; the view
+    `requests` shows the full messages, as every vistune before schema 4 stored them (`tasks/store/prefixes.py`).
+    """
+
+    table: ClassVar[str] = "requests_stored"
     primary_key: ClassVar[tuple[str, ...]] = ("request_id",)
     key_index: ClassVar[bool] = False
     request_id: str
@@ -108,11 +125,12 @@ class RequestRow(TableRow):
     output_format: str  # structured | llava-text
     kind: str | None = None  # the parser that checks the answer (tasks/llm/parsers.py), e.g. "conversation/structured"
     regeneration: int = 0  # 0: first request of its (image, type, prompt_version, model); n: after n rejected answers
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]]  # with `prefix_id`: the messages after the prefix; without: all of them
     params: dict[str, Any]
     est_input_tokens: int
     created_at: datetime
     run_id: str | None = None
+    prefix_id: str | None = None  # `prompt_prefixes.prefix_id` of the messages that come first
 
 
 class ResponseRow(TableRow):
@@ -224,6 +242,7 @@ ALL_TABLES: tuple[type[TableRow], ...] = (
     CaptionRow,
     ObjectRow,
     IngestErrorRow,
+    PromptPrefixRow,
     RequestRow,
     ResponseRow,
     ClaimRow,

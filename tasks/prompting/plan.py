@@ -1,16 +1,21 @@
 """Plan: which (image, sample type, prompt version, model) still lack a good sample -> `requests` rows.
 
-A request's id hashes the model, the messages and the API params, so planning is idempotent:
+A request's id hashes the model, the full messages and the API params, so planning is idempotent:
 re-planning the same images writes nothing new, a prompt edit (new `prompt_version`) or another
 model plans again. What counts as done is defined once, in `tasks/store/queries.py`: a slot with an
 accepted sample or an answer awaiting validation is done; a slot whose answers were rejected is
 planned again as a *regeneration* (the same messages with `seed` = the number of rejects, so a new
 request and a new answer) until `max_regenerations` regenerations were rejected too.
 Images are processed in chunks so memory stays flat however many images there are.
+A row stores the request's own message and the id of its shared prefix (system and few-shots), which is
+stored once in `prompt_prefixes` (`tasks/store/prefixes.py`); the id still hashes the full messages.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +23,10 @@ from typing import Any
 
 from schemas.samples import sample_type
 from schemas.settings import get_settings
-from schemas.tables import RequestRow
+from schemas.tables import PromptPrefixRow, RequestRow
 from tasks import store
 from tasks.prompting.formats import check_format, json_schema
+from tasks.store import prefixes
 from tasks.store.queries import slot_states
 
 
@@ -28,6 +34,31 @@ def sample_kind(type_name: str, output_format: str) -> str:  # TODO(lead): use f
     return f"{type_name}/{output_format}"
 
 IMAGE_CHUNK = 2000
+# Rows keep their shared prefix once (schema 4). False plans the way schema 3 did: full messages in every row,
+# ids from `store.stable_hash` (bench/plan_scale.py's "old" side; the ids are the same either way).
+SHARE_PREFIXES = True
+# `store.stable_hash`'s serialisation, item by item
+_dumps = functools.partial(json.dumps, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+class PrefixedHash:
+    """`store.stable_hash(model, prefix + own, params)` without serialising and hashing the prefix per request.
+
+    A list's text in that hash is `"[" + ",".join(items) + "]"`, item by item, so the hash state after the
+    model and the prefix is computed once and copied for every request that shares them.
+    """
+
+    def __init__(self, model: str, prefix: list[dict[str, Any]]) -> None:
+        if not prefix:
+            raise ValueError("PrefixedHash needs a non-empty prefix")
+        self.prefix = prefix
+        self._head = hashlib.sha256(("[" + _dumps(model) + ",[" + ",".join(map(_dumps, prefix))).encode())
+
+    def __call__(self, own: list[dict[str, Any]], params_text: str) -> str:
+        """The id of `prefix + own` with params already serialised by `_dumps` (the same for many requests)."""
+        h = self._head.copy()
+        h.update(("," + ",".join(map(_dumps, own)) + "]," + params_text + "]").encode())
+        return h.hexdigest()[:32]
 
 
 @dataclass
@@ -125,10 +156,14 @@ def plan_requests(
     params = {t: request_params(t, output_format, temperature=temperature, max_tokens=max_tokens) for t in types}
     now = store.utcnow()
     prefix_tokens: dict[tuple[str, str], int] = {}  # every request of a type shares the prompt prefix
+    shared: dict[tuple[str, str], tuple[str, PrefixedHash]] = {}  # (type, version) -> (prefix_id, id hasher)
+    params_text: dict[tuple[str, int], str] = {}  # (type, regeneration) -> params as the id hashes them
+    stored_prefixes: set[str] = set()
     for chunk in _chunks(ids, IMAGE_CHUNK):
         with store.read(db) as con:
             contexts = load_contexts(con, list(chunk))
         rows: list[RequestRow] = []
+        new_prefixes: list[PromptPrefixRow] = []
         for image_id in chunk:
             ctx = contexts.get(image_id)
             if ctx is None:
@@ -158,15 +193,32 @@ def plan_requests(
                     prefix_tokens[(t, version)] = _count(messages[:-1], model)
                 # prefix + the image's message; the -3 drops the reply priming counted twice
                 tokens = prefix_tokens[(t, version)] + _count(messages[-1:], model) - 3
+                prefix, own = prefixes.split(messages)
+                pid: str | None = None
+                if SHARE_PREFIXES and prefix:
+                    known = shared.get((t, version))
+                    if known is None or known[1].prefix != prefix:  # the same files give the same prefix
+                        known = shared[(t, version)] = (prefixes.prefix_id(prefix), PrefixedHash(model, prefix))
+                        if known[0] not in stored_prefixes:
+                            stored_prefixes.add(known[0])
+                            new_prefixes.append(PromptPrefixRow(prefix_id=known[0], messages=prefix, created_at=now))
+                    pid, hasher = known
+                    if (t, regeneration) not in params_text:
+                        params_text[(t, regeneration)] = _dumps(call_params)
+                    request_id = hasher(own, params_text[(t, regeneration)])
+                else:
+                    own, request_id = messages, store.stable_hash(model, messages, call_params)
                 rows.append(RequestRow(
-                    request_id=store.stable_hash(model, messages, call_params),
+                    request_id=request_id,
                     image_id=image_id, sample_type=t, prompt_version=version, model=model,
                     output_format=output_format, kind=sample_kind(t, output_format), regeneration=regeneration,
-                    messages=messages, params=call_params, est_input_tokens=tokens, created_at=now,
-                    run_id=run_id,
+                    messages=own, params=call_params, est_input_tokens=tokens, created_at=now,
+                    run_id=run_id, prefix_id=pid,
                 ))
         if rows and not dry_run:
             with store.write(db) as con:
+                if new_prefixes:  # before the rows that name them
+                    store.insert_rows(con, PromptPrefixRow, new_prefixes, on_conflict="ignore")
                 result.planned_new += store.insert_rows(con, RequestRow, rows, on_conflict="ignore")
         for row in rows:
             result.request_ids.append(row.request_id)

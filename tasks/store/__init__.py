@@ -26,18 +26,22 @@ import duckdb
 import pyarrow as pa
 
 from schemas.settings import get_settings
-from schemas.tables import ALL_TABLES, TableRow
+from schemas.tables import ALL_TABLES, PromptPrefixRow, RequestRow, TableRow
+from tasks.store import prefixes
 from tasks.store.queries import SLOT_STATUS_VIEW
 
 # Bump when a migration below is added; `schema_version` records what a file has seen.
-SCHEMA_VERSION = 3
+# 4: requests keep their shared prompt prefix once, in `prompt_prefixes` (`tasks/store/prefixes.py`).
+SCHEMA_VERSION = 4
 
 # Non-additive changes go here as (version, sql). Additive column changes need no entry:
 # `migrate` adds any column a row model has and the table lacks.
 MIGRATIONS: list[tuple[int, str]] = [
     # requests name the parser of their answer (tasks/llm/parsers.py); sample requests planned before had none
-    (2, "UPDATE requests SET kind = sample_type || '/' || output_format WHERE kind IS NULL"),
+    # (the table is `requests_stored` since schema 4; `migrate` renames it before these run)
+    (2, "UPDATE requests_stored SET kind = sample_type || '/' || output_format WHERE kind IS NULL"),
 ]
+LEAN_BATCH = 20_000  # rows per step when schema 4 moves the prefixes of stored requests out
 
 # One lock for this process's DuckDB connections, taken by `read()` and `write()` themselves: two
 # connections to one file in one process must not overlap with different configurations, and
@@ -117,6 +121,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
     """Bring a database to the current schema. Idempotent: safe on every open."""
     con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)")
     current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+    if current < 4 and _base_table(con, "requests"):  # schema 4: the table behind the view `requests`
+        con.execute(f"ALTER TABLE requests RENAME TO {RequestRow.table}")
     for model in ALL_TABLES:
         con.execute(create_table_sql(model))
         existing = {r[0] for r in con.execute(
@@ -130,10 +136,58 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(sql)
     if current < 3:
         _drop_key_indexes(con)
+    if current < 4:
+        store_prefixes_once(con)
+    con.execute(prefixes.requests_view_sql(list(columns(RequestRow))))
     con.execute(DATASET_VIEW)
     con.execute(SLOT_STATUS_VIEW)
     if current < SCHEMA_VERSION:
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, utcnow()])
+
+
+def _base_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
+                            "AND table_type = 'BASE TABLE'", [name]).fetchall()[0][0])
+
+
+def store_prefixes_once(con: duckdb.DuckDBPyConnection, *, batch: int = LEAN_BATCH) -> int:
+    """Schema 4: keep the shared prefix of requests stored whole once, in `prompt_prefixes`; returns rows changed.
+
+    Idempotent and resumable (each step commits on its own; a prefix is stored before the rows naming it).
+    Ids and the view's messages stay the same bytes. DuckDB reuses the freed blocks for later rows but does
+    not shrink the file; a copy (`COPY FROM DATABASE`) does.
+    """
+    changed, after = 0, ""
+    while True:
+        rows = con.execute(
+            f"SELECT request_id, messages FROM {RequestRow.table} WHERE prefix_id IS NULL AND request_id > ? "
+            "AND json_array_length(messages) > ? ORDER BY request_id LIMIT ?",
+            [after, prefixes.OWN_MESSAGES, batch]).fetchall()
+        if not rows:
+            return changed
+        after = rows[-1][0]
+        known: dict[str, str] = {}  # prefix text -> id: a few prefixes among many rows
+        found: dict[str, list[dict[str, Any]]] = {}
+        ids, pids, owns = [], [], []
+        for request_id, text in rows:
+            prefix, own = prefixes.split(json.loads(text))
+            key = json.dumps(prefix, ensure_ascii=False)
+            if key not in known:
+                known[key] = prefixes.prefix_id(prefix)
+                found[known[key]] = prefix
+            ids.append(request_id)
+            pids.append(known[key])
+            owns.append(_cell(own, "JSON"))
+        now = utcnow()
+        insert_rows(con, PromptPrefixRow, [PromptPrefixRow(prefix_id=pid, messages=m, created_at=now)
+                                           for pid, m in found.items()])
+        con.register("_vistune_lean", pa.table({"request_id": ids, "prefix_id": pids, "messages": owns}))
+        try:
+            changed += _inserted(con.execute(
+                f"UPDATE {RequestRow.table} AS q SET prefix_id = l.prefix_id, messages = l.messages "
+                "FROM _vistune_lean l WHERE q.request_id = l.request_id"))
+        finally:
+            con.unregister("_vistune_lean")
 
 
 def _drop_key_indexes(con: duckdb.DuckDBPyConnection) -> None:
@@ -325,7 +379,7 @@ def _inserted(cursor: duckdb.DuckDBPyConnection) -> int:
 
 
 def table_counts(path: str | Path | None = None) -> dict[str, int]:
-    """Row count of every table and of the `dataset` view."""
+    """Row count of every table and of the `dataset` view; requests are counted as `requests` (the view)."""
     with read(path) as con:
-        names = [m.table for m in ALL_TABLES] + ["dataset"]
+        names = ["requests" if m is RequestRow else m.table for m in ALL_TABLES] + ["dataset"]
         return {n: con.execute(f"SELECT count(*) FROM {n}").fetchall()[0][0] for n in names}

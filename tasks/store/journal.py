@@ -17,7 +17,7 @@ its segments behind; `replay_orphans` inserts them (idempotent by `response_id`)
 dead process's request claims (`tasks/store/queries.py`) and deletes them.
 
 Only well-formed lines enter `responses`: each must validate as a `ResponseRow` and name a request
-that exists in `requests`. Anything else (a forged or corrupted line) is skipped, counted and logged,
+that exists in `requests_stored`. Anything else (a forged or corrupted line) is skipped, counted and logged,
 never stored; `include_journal_rows` shows readers the same rows.
 """
 
@@ -161,7 +161,7 @@ def load_segments(paths: list[Path], db_path: str | Path, *, then: InTransaction
         with store.write(db_path) as con:
             if rows:
                 known = {r[0] for r in con.execute(
-                    "SELECT request_id FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+                    "SELECT request_id FROM requests_stored WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
                     [sorted({r.request_id for r in rows})]).fetchall()}
                 kept = [r for r in rows if r.request_id in known]
                 skipped += len(rows) - len(kept)
@@ -247,7 +247,7 @@ def include_journal_rows(
         f"SELECT {', '.join(select)} FROM read_json([{files}], format = 'newline_delimited', "
         f"columns = {{{spec}}}, ignore_errors = true) j "  # a torn last line (killed mid-write) is skipped
         f"WHERE j.response_id NOT IN (SELECT response_id FROM {table}) "
-        f"AND {required} AND j.request_id IN (SELECT request_id FROM {table.removesuffix('responses')}requests)"
+        f"AND {required} AND j.request_id IN (SELECT request_id FROM {table.removesuffix('responses')}requests_stored)"
     )
     return len(chosen)
 

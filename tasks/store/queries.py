@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import duckdb
 
 from schemas.generation import CLOSED_BATCH_STATES, LlmRequest
+from tasks.store.prefixes import full_messages
 
 # One row per slot that has requests: how many of its answers were rejected, whether one was
 # accepted, and whether one still awaits validation. A view, so SQL users see the same numbers.
@@ -38,7 +39,7 @@ WITH answered AS (
   SELECT q.image_id, q.sample_type, q.prompt_version, q.model, q.request_id,
          EXISTS (SELECT 1 FROM samples s WHERE s.response_id = r.response_id) AS accepted,
          EXISTS (SELECT 1 FROM rejects j WHERE j.response_id = r.response_id) AS rejected
-  FROM requests q JOIN responses r ON r.request_id = q.request_id AND r.status IN ('ok', 'parse_error')
+  FROM requests_stored q JOIN responses r ON r.request_id = q.request_id AND r.status IN ('ok', 'parse_error')
 )
 SELECT image_id, sample_type, prompt_version, model,
        bool_or(accepted) AS accepted,
@@ -105,19 +106,21 @@ def unanswered(con: duckdb.DuckDBPyConnection, ids: Sequence[str], *, skip_open_
         "EXISTS (SELECT 1 FROM batches b, unnest(CAST(b.request_ids AS VARCHAR[])) AS u(rid) "
         f"WHERE b.status NOT IN ({closed}) AND u.rid = q.request_id)" if skip_open_batches else "false")
     rows = con.execute(
-        "SELECT request_id, kind, model, messages, params, est_input_tokens, "
+        "SELECT request_id, kind, model, prefix_id, messages, params, est_input_tokens, "
         "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'ok'), "
         "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'parse_error'), "
-        f"{in_open_batch} FROM requests q WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+        f"{in_open_batch} FROM requests_stored q WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
         [list(ids)],
     ).fetchall()
     known = {r[0] for r in rows}
     order = {rid: i for i, rid in enumerate(ids)}
     rows.sort(key=lambda r: order[r[0]])
+    send = [r for r in rows if not any(r[7:])]
+    messages = full_messages(con, [(r[3], r[4]) for r in send])
     return Unanswered(
-        requests=[LlmRequest(r[0], r[1], r[2], _json(r[3]), _json(r[4]), r[5]) for r in rows if not any(r[6:])],
+        requests=[LlmRequest(r[0], r[1], r[2], m, _json(r[5]), r[6]) for r, m in zip(send, messages, strict=True)],
         missing=[i for i in ids if i not in known],
-        held=[r[0] for r in rows if r[7] and not r[6]],
+        held=[r[0] for r in rows if r[8] and not r[7]],
     )
 
 
@@ -151,7 +154,7 @@ def claim(
         "SELECT q.request_id, "
         "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'ok'), "
         "EXISTS (SELECT 1 FROM responses r WHERE r.request_id = q.request_id AND r.status = 'parse_error'), "
-        "c.owner, c.expires_at FROM requests q LEFT JOIN claims c ON c.request_id = q.request_id "
+        "c.owner, c.expires_at FROM requests_stored q LEFT JOIN claims c ON c.request_id = q.request_id "
         "WHERE q.request_id IN (SELECT unnest(?::VARCHAR[]))",
         [list(ids)],
     ).fetchall()
@@ -178,9 +181,10 @@ def claim(
             "INSERT OR REPLACE INTO claims (request_id, owner, run_id, claimed_at, expires_at) "
             "SELECT unnest(?::VARCHAR[]), ?, ?, ?, ?", [mine, owner, run_id, now, now + timedelta(seconds=lease_s)])
     found = con.execute(
-        "SELECT request_id, kind, model, messages, params, est_input_tokens FROM requests "
+        "SELECT request_id, kind, model, prefix_id, messages, params, est_input_tokens FROM requests_stored "
         "WHERE request_id IN (SELECT unnest(?::VARCHAR[]))", [mine]).fetchall() if mine else []
-    by_id = {r[0]: LlmRequest(r[0], r[1], r[2], _json(r[3]), _json(r[4]), r[5]) for r in found}
+    messages = full_messages(con, [(r[3], r[4]) for r in found])
+    by_id = {r[0]: LlmRequest(r[0], r[1], r[2], m, _json(r[5]), r[6]) for r, m in zip(found, messages, strict=True)}
     return Claimed([by_id[rid] for rid in mine], missing, held, answered, busy)
 
 
