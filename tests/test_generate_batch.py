@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -68,3 +69,47 @@ def test_batch_polling_resumes_after_a_restart(db_path: Path) -> None:
         uploads = [r for r in list(sim.log) if r.method == "POST" and r.path.endswith("/files")]
         assert len(uploads) == 1
     assert store.query("SELECT status FROM batches", path=db_path)[0]["status"] == STORED
+
+
+def test_two_batch_runs_at_once_submit_each_request_once(db_path: Path, monkeypatch) -> None:
+    # Claims cover batch mode too: a request goes out in one batch, whichever run got to it first.
+    import threading
+
+    from tasks.llm import batch
+
+    # Make the race certain: the first run to submit waits until the other run has looked for work too.
+    looked, both_looked = [0], threading.Event()
+    claim_pending, submit = batch._claim_pending, batch.submit
+
+    def counting_claim(*args, **kwargs):
+        found = claim_pending(*args, **kwargs)
+        looked[0] += 1
+        if looked[0] >= 2:
+            both_looked.set()
+        return found
+
+    def waiting_submit(*args, **kwargs):
+        both_looked.wait(timeout=10)
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "_claim_pending", counting_claim)
+    monkeypatch.setattr(batch, "submit", waiting_submit)
+    synthetic_images(db_path, 40)
+    plan = plan_requests(db_path, sample_types=["complex_reasoning"], model="gpt-4o")
+    with start_simulator(SimConfig(seed=6, batch_delay_s=0.2)) as sim:
+        results: list = []
+        runs = [threading.Thread(target=lambda: results.append(run_batch(db_path, plan.request_ids, _config(sim))))
+                for _ in range(2)]
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join(timeout=120)
+    assert len(results) == 2 and both_looked.is_set()
+    submitted = Counter(rid for b in store.query("SELECT request_ids FROM batches", path=db_path)
+                        for rid in json.loads(b["request_ids"]))
+    assert set(submitted) == set(plan.request_ids)  # every request went out ...
+    assert set(submitted.values()) == {1}  # ... in exactly one batch
+    ok = store.query("SELECT count(DISTINCT request_id) AS n, count(*) AS rows FROM responses WHERE status = 'ok'",
+                     path=db_path)[0]
+    assert ok == {"n": 40, "rows": 40}
+    assert store.query("SELECT count(*) AS n FROM claims", path=db_path) == [{"n": 0}]

@@ -39,7 +39,7 @@ from tasks.llm import parsers, pricing
 from tasks.llm.budget import Budget, shared_budget
 from tasks.llm.engine import budget_id_of, check_budget_model, finish_run, new_run_id, start_run
 from tasks.store import queries
-from tasks.store.journal import Journal, replay_orphans
+from tasks.store.journal import Journal, owner_alive, replay_orphans
 
 MAX_REQUESTS_PER_FILE = 50_000  # OpenAI's limits per batch input file
 MAX_BYTES_PER_FILE = 200 * 1024 * 1024
@@ -96,16 +96,33 @@ def _open_batches(db: Path) -> list[dict[str, Any]]:
     return store.query(f"SELECT * FROM batches WHERE status NOT IN ({_CLOSED_SQL}) ORDER BY created_at", path=db)
 
 
-def _pending(db: Path, ids: Sequence[str]) -> list[LlmRequest]:
-    # Requests among ids still to answer and in no open batch, in id order.
-    with store.read(db) as con:
+def _claim_pending(db: Path, ids: Sequence[str], config: GenerateConfig, journal: Journal,
+                   run_id: str) -> list[LlmRequest]:
+    """Claim the requests among ids still to answer and in no open batch, in id order.
+
+    One write transaction: another process submitting the same requests either holds their claims
+    (they are skipped here) or has saved its batch row (they are in an open batch), never neither.
+    The claims are released once this round's batch rows are saved (`_release`).
+    """
+    with store.write(db) as con:
         found = queries.unanswered(con, ids, skip_open_batches=True)
-    if found.missing:
-        raise ValueError(f"{len(found.missing)} request id(s) are not in the `requests` table of {db}, "
-                         f"e.g. {found.missing[:3]}: plan them first")
-    for kind in {r.kind for r in found.requests}:
+        if found.missing:
+            raise ValueError(f"{len(found.missing)} request id(s) are not in the `requests` table of {db}, "
+                             f"e.g. {found.missing[:3]}: plan them first")
+        claimed = queries.claim(
+            con, [r.request_id for r in found.requests], journal.owner, lease_s=config.claim_lease_s,
+            now=store.utcnow(), run_id=run_id, owner_alive=lambda owner: owner_alive(db, owner),
+        ) if found.requests else None
+    requests = claimed.requests if claimed else []
+    for kind in {r.kind for r in requests}:
         parsers.parser_for(kind)  # an unknown kind fails here, before anything is paid
-    return sorted(found.requests, key=lambda r: r.request_id)
+    return sorted(requests, key=lambda r: r.request_id)
+
+
+def _release(db: Path, journal: Journal) -> None:
+    # This round's requests are in saved batch rows now (or were not submitted): others may look at them.
+    with store.write(db) as con:
+        queries.release_claims(con, journal.owner)
 
 
 def _save_batch(db: Path, row: BatchRow) -> None:
@@ -341,6 +358,7 @@ def run_batch(
         with shared_budget(db, budget_id, config.max_cost_usd) as budget:
             stats = _rounds(db, request_ids, config, client, wait, run_id, journal, budget, on_progress)
     finally:
+        _release(db, journal)
         journal.close()
         finish_run(db, run, stats)
     return stats
@@ -364,7 +382,7 @@ def _rounds(
     rounds = 0
     while True:
         still_open = poll(db, client, journal, stats, settle)
-        pending = [r for r in _pending(db, request_ids) if r.request_id not in refused]
+        pending = [r for r in _claim_pending(db, request_ids, config, journal, run_id) if r.request_id not in refused]
         attempts = _batch_attempts(db, [r.request_id for r in pending]) if pending else {}
         pending = [r for r in pending if attempts.get(r.request_id, 0) < config.max_attempts]
         if pending and rounds < config.max_attempts:
@@ -376,6 +394,7 @@ def _rounds(
                     reservations[batch_id] = sum(estimates[i] for i in ids)
                 rounds += 1
                 still_open += 1
+        _release(db, journal)
         stats.wall_s = time.monotonic() - started
         if on_progress is not None:
             on_progress(stats.model_copy(deep=True))
