@@ -14,6 +14,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from flows.runner import PrefectRunner
 from schemas.flow_params import CurateParams
 from tasks import pipeline
+from tasks.curation.export import stored_missing_summary
 from tasks.store import resolve_db
 
 REPORT_KEY = "dataset-report"
@@ -21,15 +22,20 @@ EXPORTS_KEY = "dataset-exports"
 
 
 def publish_report(report: Any, export_dir: Path) -> None:
-    """The curation report as markdown and table artifacts, plus where the exports are."""
-    create_markdown_artifact(key=REPORT_KEY, markdown=report.markdown, description="dataset report")
+    """The curation report as markdown and table artifacts, plus where the exports are.
+
+    The report's plots are inlined as data URIs: the UI cannot load the PNGs beside `report.md`.
+    """
+    create_markdown_artifact(key=REPORT_KEY, markdown=report.embedded_markdown(), description="dataset report")
     for name, rows in report.tables.items():
         if rows:
             slug = name.lower().replace("_", "-").replace(" ", "-")
             create_table_artifact(table=rows, key=f"{REPORT_KEY}-{slug}", description=name)
     files = sorted(p for p in export_dir.rglob("*") if p.is_file())
     listing = "\n".join(f"- `{p}` ({p.stat().st_size:,} bytes)" for p in files)
-    create_markdown_artifact(key=EXPORTS_KEY, markdown=f"## Exports in `{export_dir}`\n\n{listing}\n",
+    missing = stored_missing_summary(export_dir)
+    create_markdown_artifact(key=EXPORTS_KEY, markdown=f"## Exports in `{export_dir}`\n\n{listing}\n"
+                             + (f"\n**Missing images:** {missing}\n" if missing else ""),
                              description="where the exports are")
     create_link_artifact(link=export_dir.resolve().as_uri(), link_text=str(export_dir), key=f"{EXPORTS_KEY}-link")
 

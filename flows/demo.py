@@ -3,6 +3,12 @@
 Ingest -> generate (against the simulator when no endpoint is configured) -> validate -> dedup ->
 export -> report -> stage-1 and stage-2 training of a tiny random model.
 
+Without `--out` the demo writes where every other command reads: the database `VISTUNE_DB` (default
+`data/vistune.duckdb`), the dataset and report in `data/export/` (`vistune curate`'s default), and the
+tiny model under `data/demo/`; so the README's `vistune sql` and `vistune status` work as printed after
+it. It refuses to add its sample to a database that holds images from another COCO folder. With `--out
+DIR` everything goes under DIR (`DIR/vistune.duckdb`, `DIR/export`, `DIR/train`).
+
 By default the demo runs the pipeline's steps (`tasks.pipeline`) in this process, the same steps the
 Prefect flows run:
 a first run then needs no Prefect server (a temporary one takes ~20 s to start here) and leaves no
@@ -22,13 +28,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from schemas.flow_params import CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
+from schemas.flow_params import (
+    CurateParams,
+    GenerateParams,
+    IngestParams,
+    PipelineParams,
+    TrainParams,
+    splits_found,
+)
 from schemas.generation import GenerateStats
 from schemas.settings import get_settings
 from tasks import store
 from tasks.curation.export import default_image_root
 from tasks.llm import pricing
 
+DEMO_WORK = Path("data/demo")  # the tiny models and training runs when no --out is given
 DEFAULT_REAL_BUDGET_USD = 1.0  # a real endpoint costs money: cap the demo unless told otherwise
 SQL_TO_TRY = (
     ("samples per type that survived dedup", "SELECT sample_type, count(*) AS n FROM dataset GROUP BY 1 ORDER BY 1"),
@@ -79,7 +93,41 @@ def endpoint(console: Console) -> Iterator[tuple[str | None, str]]:
 
 def splits_in(coco_dir: Path) -> list[str]:
     """Splits with a captions file under `coco_dir/annotations`."""
-    return sorted(p.stem.removeprefix("captions_") for p in (coco_dir / "annotations").glob("captions_*.json"))
+    return splits_found(coco_dir)
+
+
+def demo_paths(out_dir: Path | None) -> tuple[Path, Path, Path]:
+    """(database, export folder, training folder): all under `out_dir`, else the commands' defaults."""
+    if out_dir is not None:
+        out_dir = out_dir.resolve()
+        return out_dir / "vistune.duckdb", out_dir / "export", out_dir / "train"
+    return store.resolve_db(None).resolve(), Path(CurateParams().export_dir).resolve(), DEMO_WORK.resolve() / "train"
+
+
+def check_not_mixing(db: Path, coco_dir: Path) -> None:
+    """Refuse to add the demo's images to a database that holds images from another COCO folder."""
+    if not db.exists():
+        return
+    import duckdb
+
+    try:  # a plain read-only connection: the store's per-file caches must not outlive a --fresh delete
+        with duckdb.connect(str(db), read_only=True) as con:
+            roots = {r[0] for r in con.execute("SELECT DISTINCT coco_root FROM images").fetchall()}
+    except duckdb.Error:  # locked by a writer, no images table, not DuckDB: the steps below say what is wrong
+        return
+    others = sorted(r for r in roots if Path(r).resolve() != coco_dir.resolve())
+    if others:
+        raise DemoError(f"{db} already holds images from {others[0]}: the demo would mix its sample into it; "
+                        "give --out DIR for a separate demo (or set VISTUNE_DB)")
+
+
+def remove_database(db: Path) -> None:
+    """Delete a database file with its DuckDB WAL, journal folder and rate-limit bucket."""
+    for path in db.parent.glob(db.name + "*"):  # vistune.duckdb, .wal, .journal/, .ratelimit.sqlite
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def progress_bar(console: Console) -> tuple[Progress, Callable[[GenerateStats], None]]:
@@ -100,7 +148,11 @@ def prepare_training(
 ) -> Path:
     """Tiny random vision tower (`vision_tower`: clip or siglip) + Llama base models and a config pointing at the
     demo's exports."""
+    from transformers.utils import logging as hf_logging
+
     from training.tiny import build_tiny_base_models, write_tiny_config
+
+    hf_logging.disable_progress_bar()  # saving two tiny models: "Writing model shards" bars would be empty noise
 
     vision, llm = build_tiny_base_models(work / "base", texts=captions, vision=vision_tower)
     return write_tiny_config(
@@ -114,7 +166,7 @@ def run_demo(
     console: Console,
     *,
     coco_dir: Path,
-    out_dir: Path,
+    out_dir: Path | None,
     limit_images: int | None,
     model: str,
     max_cost_usd: float | None,
@@ -123,15 +175,21 @@ def run_demo(
     use_prefect: bool = False,
     vision: str = "clip",
 ) -> DemoResult:
-    """Run every step; returns where the database, dataset, report and checkpoint are."""
+    """Run every step; returns where the database, dataset, report and checkpoint are.
+
+    `out_dir` None: the default database (`VISTUNE_DB`), `data/export` and `data/demo` (see the module doc)."""
     started = time.monotonic()
-    out_dir = out_dir.resolve()
-    if fresh and out_dir.exists():
-        shutil.rmtree(out_dir)
-    db, export_dir, work = out_dir / "vistune.duckdb", out_dir / "export", out_dir / "train"
+    db, export_dir, work = demo_paths(out_dir)
     splits = splits_in(coco_dir)
     if not splits:
         raise FileNotFoundError(f"{coco_dir}/annotations has no captions_<split>.json: is it a COCO folder?")
+    check_not_mixing(db, coco_dir)  # before --fresh deletes anything: never someone else's data
+    if fresh and out_dir is not None and out_dir.exists():
+        shutil.rmtree(out_dir)
+    elif fresh:
+        remove_database(db)
+        for folder in (export_dir, work):
+            shutil.rmtree(folder, ignore_errors=True)
     with endpoint(console) as (base_url, where):
         if max_cost_usd is None and not where.startswith("simulator") and pricing.known(model):
             max_cost_usd = DEFAULT_REAL_BUDGET_USD
@@ -212,5 +270,9 @@ def print_summary(console: Console, result: DemoResult) -> None:
     if result.checkpoint is not None:
         console.print(f"checkpoint: {result.checkpoint} (LlavaForConditionalGeneration.from_pretrained loads it)")
     console.print("\nTry some SQL (read-only, also works from the duckdb CLI while nothing writes):")
+    # The default database needs no --db: the commands print what works as typed.
+    db_flag = "" if result.db == store.resolve_db(None).resolve() else f"--db {result.db} "
     for title, sql in SQL_TO_TRY:
-        console.print(f"  # {title}\n  vistune sql --db {result.db} \"{sql}\"", highlight=False, soft_wrap=True)
+        console.print(f"  # {title}\n  vistune sql {db_flag}\"{sql}\"", highlight=False, soft_wrap=True)
+    console.print(f"  # counts, cost and open batches\n  vistune status {db_flag}".rstrip(), highlight=False,
+                  soft_wrap=True)

@@ -16,7 +16,8 @@ from tasks.store import resolve_db
 
 @flow(name="ingest")
 def ingest_flow(params: IngestParams | None = None) -> dict[str, Any]:
-    """Ingest every split in `params.splits`; returns rows added per table and skips per reason."""
+    """Ingest every split in `params.splits` (default: every split found under `coco_dir`); returns rows added per
+    table and skips per reason."""
     params = params or IngestParams()
     ctx = pipeline.Context(db=resolve_db(params.db_path), runner=PrefectRunner(get_run_logger()))
     summary = pipeline.Ingest.run(ctx, params)

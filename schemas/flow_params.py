@@ -29,14 +29,29 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def splits_found(coco_dir: str | Path) -> list[str]:
+    """The splits a COCO folder has captions for (`annotations/captions_<split>.json`), sorted; [] if none."""
+    return sorted(p.stem.removeprefix("captions_") for p in (Path(coco_dir) / "annotations").glob("captions_*.json"))
+
+
 class IngestParams(_Params):
     """Read COCO captions and instances into DuckDB (re-ingesting adds nothing)."""
 
     coco_dir: str = Field(default=SAMPLE_COCO, description="folder with annotations/ and the image folders")
-    splits: list[str] = Field(default_factory=lambda: ["train2017"], description="e.g. train2017, val2017")
+    # One default everywhere (deployment, `vistune ingest`, `vistune run`, the demo): every split found.
+    splits: list[str] = Field(
+        default_factory=list, description="e.g. train2017, val2017; empty = every split with annotations"
+    )
     strict: bool = Field(default=False, description="fail on the first bad record instead of skipping it")
     check_images: bool = Field(default=True, description="open every image file to check it exists and is readable")
     db_path: str | None = Field(default=None, description="DuckDB file; empty = VISTUNE_DB")
+
+    @model_validator(mode="after")
+    def _every_split_found(self) -> IngestParams:
+        # Resolved where the flow runs (a deployment's worker), so the stored run shows the splits it read.
+        if not self.splits:
+            self.splits = splits_found(self.coco_dir)
+        return self
 
 
 # GenerateConfig fields that are no parameter: the key is a secret (Prefect stores and shows parameters).
@@ -63,6 +78,15 @@ _DESCRIPTIONS = {
     "types": "sample types to generate",
     "limit": "at most this many images; empty = all",
     "batch_poll_s": "batch mode: seconds between status polls",
+    "backoff_base_s": "a retry waits up to this many seconds (full jitter), doubling per attempt",
+    "backoff_max_s": "longest wait before a retry, in seconds",
+    "flush_interval_s": "seconds between moves of journaled answers into DuckDB",
+    "flush_rows": "journaled answers that trigger a move into DuckDB earlier",
+    "claim_lease_s": "seconds a claim on a request lasts for an owner whose journal is not visible here",
+    "claim_chunk": "requests claimed per write transaction",
+    "claim_poll_s": "seconds between looks at requests claimed by another run",
+    "breaker_consecutive_failures": "stop the run after this many connection failures or timeouts in a row",
+    "breaker_first_attempts": "stop the run when this many first attempts all failed (429s not counted)",
 }
 
 
@@ -134,10 +158,15 @@ class CurateParams(_Params):
 
     db_path: str | None = Field(default=None, description="DuckDB file; empty = VISTUNE_DB")
     dedup_threshold: float = Field(default=0.8, gt=0, le=1, description="MinHash Jaccard threshold")
-    dedup_scope: Literal["image", "global"] = "image"
+    dedup_scope: Literal["image", "global"] = Field(
+        default="image", description="image: duplicates within one image and type; global: across the dataset"
+    )
     export_dir: str = Field(default="data/export", description="where llava_instruct.json and the report go")
     image_root: str | None = Field(default=None, description="root of the exported image paths; empty = COCO dir")
-    seed: int = 0
+    require_images: bool = Field(
+        default=False, description="leave out records whose image file is missing under image_root"
+    )
+    seed: int = Field(default=0, description="seed of the export's random draws (instructions, captions)")
 
 
 class TrainParams(_Params):
@@ -147,7 +176,7 @@ class TrainParams(_Params):
     stage1_overrides: list[str] = Field(default_factory=list, description="extra CLI arguments for stage 1")
     stage2_overrides: list[str] = Field(default_factory=list, description="extra CLI arguments for stage 2")
     merge: bool = Field(default=False, description="merge LoRA adapters + projector into one checkpoint")
-    merge_overrides: list[str] = Field(default_factory=list)
+    merge_overrides: list[str] = Field(default_factory=list, description="extra CLI arguments for the merge")
     launcher: list[str] | None = Field(
         default=None, description='instead of "python -m", e.g. ["accelerate", "launch", "-m"]'
     )
@@ -157,7 +186,9 @@ class TrainParams(_Params):
 class PipelineParams(_Params):
     """The whole DAG: ingest -> generate -> curate -> (train)."""
 
-    ingest: IngestParams = Field(default_factory=IngestParams)
-    generate: GenerateParams = Field(default_factory=GenerateParams)  # type: ignore[valid-type]
-    curate: CurateParams = Field(default_factory=CurateParams)
+    ingest: IngestParams = Field(default_factory=IngestParams, description="the ingest step's keys (`ingest` above)")
+    generate: GenerateParams = Field(  # type: ignore[valid-type]
+        default_factory=GenerateParams, description="the generate step's keys (`generate` above)"
+    )
+    curate: CurateParams = Field(default_factory=CurateParams, description="the curate steps' keys (`curate` above)")
     train: TrainParams | None = Field(default=None, description="empty = stop after curation")

@@ -288,9 +288,12 @@ def run_export(ctx: Context, params: CurateParams) -> Any:
     from tasks.curation.export import default_image_root, export
 
     image_root = params.image_root or str(default_image_root(ctx.db))
-    exported = ctx.runner.call("export", export, ctx.db, params.export_dir, image_root, seed=params.seed)
+    exported = ctx.runner.call("export", export, ctx.db, params.export_dir, image_root, seed=params.seed,
+                               require_images=params.require_images)
     ctx.runner.log(f"export to {params.export_dir}: {exported.counts} records, "
                    f"{len(exported.skipped)} bad record(s) skipped")
+    if missing := exported.missing_summary():
+        ctx.warn(missing)
     return exported
 
 

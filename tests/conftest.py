@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+# The suite's own Prefect home, set before anything imports prefect (it reads PREFECT_HOME once, at import):
+# nothing lands in the user's ~/.prefect (profiles, memo store, local storage). Subprocesses inherit it.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="vistune-tests-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from schemas import flow_params
+import pytest  # noqa: E402  (after PREFECT_HOME: a plugin may import prefect)
+
+from schemas import flow_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-COCO_MINI = REPO.parent / "shared" / "coco-mini"
+COCO_MINI_ENV = "VISTUNE_COCO_MINI"
+# VISTUNE_COCO_MINI=DIR points the coco-mini tests at a copy elsewhere; default: ../shared/coco-mini.
+COCO_MINI = Path(os.environ.get(COCO_MINI_ENV) or REPO.parent / "shared" / "coco-mini").expanduser()
 SAMPLE_COCO = Path(flow_params.SAMPLE_COCO)
-
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @pytest.fixture
@@ -29,7 +39,8 @@ def db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def coco_mini() -> Path:
     """The real COCO 2017 subset beside the repo; skips (with the reason) in a clone without it."""
     if not (COCO_MINI / "annotations" / "captions_train2017.json").exists():
-        pytest.skip(f"../shared/coco-mini not found at {COCO_MINI} (CI always has it)")
+        pytest.skip(f"coco-mini not found at {COCO_MINI}: set {COCO_MINI_ENV}=DIR (a COCO folder with "
+                    "annotations/captions_train2017.json) to run these tests (CI always has it)")
     return COCO_MINI
 
 

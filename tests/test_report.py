@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -84,3 +85,19 @@ def test_curate_cli_runs_every_step(db_path: Path, tmp_path: Path) -> None:
     assert again.exit_code == 2 and "scope" in again.output
     again = CliRunner().invoke(get_app(), ["curate", "--out", str(out), "--db", str(db_path), "--threshold", "2"])
     assert again.exit_code == 2 and "threshold" in again.output
+
+
+def test_report_and_curate_name_the_records_whose_image_is_missing(db_path: Path, tmp_path: Path) -> None:
+    add_images(db_path, tmp_path / "coco", [1, 2])
+    (tmp_path / "coco" / "train2017" / f"{2:012d}.jpg").unlink()  # image 2's file is gone
+    add_response(db_path, image_id=1, sample_type="conversation", content=conversation(2, "a"))
+    add_response(db_path, image_id=2, sample_type="conversation", content=conversation(3, "b"))
+    result = CliRunner().invoke(get_app(), ["curate", "--out", str(tmp_path / "out"), "--db", str(db_path)])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**Missing images:**" in report and "000000000002.jpg" in report
+    dropped = CliRunner().invoke(get_app(), ["curate", "--out", str(tmp_path / "strict"), "--db", str(db_path),
+                                             "--require-images"])
+    assert dropped.exit_code == 0, dropped.output
+    records = json.loads((tmp_path / "strict" / "llava_instruct.json").read_text())
+    assert [r["image"] for r in records] == ["train2017/000000000001.jpg"]

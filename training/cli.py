@@ -4,10 +4,55 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
 
 CONVERT = "convert-for-serving"
 CHECK = "check"
+
+# Known-harmless third-party messages: logger name -> message pattern. Only these are dropped; everything
+# else those libraries log (real warnings included) is kept. Also used by the `vistune` CLI.
+HARMLESS_LOG_MESSAGES: dict[str, re.Pattern[str]] = {
+    # bitsandbytes' optional CPU kernel; 4-bit works without it.
+    "bitsandbytes.backends.cpu.ops": re.compile(r"Failed to load CPU gemm_4bit_forward"),
+    # transformers picks the PIL image processor by itself when torchvision is absent (the CPU install).
+    "transformers.utils.import_utils": re.compile(r"requires torchvision \(not installed\); falling back to"),
+    # resizing the tiny model's embeddings for the <image> token: the documented default, not a problem.
+    "transformers.modeling_utils": re.compile(r"The new (embeddings|lm_head weights) will be initialized from a "
+                                              r"multivariate normal"),
+}
+
+
+class DropMessages(logging.Filter):
+    """Drops the records whose message matches `pattern`; every other record passes."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False (drop) for a matching message."""
+        return not self.pattern.search(record.getMessage())
+
+
+def silence_known_noise(*, progress_bars: bool | None = None) -> None:
+    """Install the filters above (idempotent), before the libraries are imported or after.
+
+    `progress_bars=False` (default: when stderr is not a terminal) also turns off Hugging Face's bars
+    ("Writing model shards", "Loading weights"): piped into a log they are only empty lines."""
+    for name, pattern in HARMLESS_LOG_MESSAGES.items():
+        logger = logging.getLogger(name)  # the same object the library gets at import
+        if not any(isinstance(f, DropMessages) and f.pattern.pattern == pattern.pattern for f in logger.filters):
+            logger.addFilter(DropMessages(pattern))
+    if progress_bars is None:
+        progress_bars = sys.stderr.isatty()
+    if not progress_bars:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by huggingface_hub (and so transformers) at import
+        if "transformers" in sys.modules:  # already imported: switch its bars off directly
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run a stage, the merge or the serving conversion and print where the result is."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    silence_known_noise()
     if argv[:1] == [CONVERT]:
         from training.serving import convert_for_serving
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
 
@@ -26,6 +27,7 @@ COMMAND_MODULES = (
     "flows.cli.curate",
     "flows.cli.train",
     "flows.cli.pipeline",
+    "flows.cli.simulator",
 )
 _registered = False
 
@@ -34,6 +36,9 @@ def get_app() -> typer.Typer:
     """The app with every command module registered (also for tests with CliRunner)."""
     global _registered
     if not _registered:
+        from flows.cli.output import conventional_metavars
+
+        conventional_metavars()
         for name in COMMAND_MODULES:
             try:
                 importlib.import_module(name)
@@ -46,4 +51,11 @@ def get_app() -> typer.Typer:
 
 def main() -> None:
     """Console-script entry point."""
-    get_app()()
+    from flows.cli.output import silence_known_noise
+
+    silence_known_noise()  # here, not in get_app(): tests that invoke the app keep their own environment
+    try:
+        get_app()(standalone_mode=True)
+    except FileNotFoundError as exc:  # a last resort: commands report their own missing files in one line
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -7,18 +7,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from flows.cli import app
+from flows.cli.output import make_console
 from schemas.flow_params import CurateParams
 from schemas.samples import SAMPLE_TYPES
 from tasks import store
 from tasks.prompting.formats import OUTPUT_FORMATS
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def _default(name: str) -> Any:
@@ -36,17 +36,31 @@ ImageRootOption = Annotated[
 ]
 
 
+RequireImagesOption = Annotated[
+    bool, typer.Option("--require-images", help="Leave out records whose image file is missing under the image root")
+]
+
+
 @app.command("validate-text")
 def validate_text_command(
-    file: Annotated[Path, typer.Argument(help="A raw LLM response (the message content), '-' for stdin")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A raw LLM response (the message content), '-' for stdin")
+    ],
     sample_type: Annotated[str, typer.Option("--type", help=" | ".join(SAMPLE_TYPES))],
     output_format: Annotated[str, typer.Option("--format", help=" | ".join(OUTPUT_FORMATS))] = "structured",
-    finish_reason: Annotated[str | None, typer.Option(help="The response's finish_reason, if known")] = None,
+    finish_reason: Annotated[
+        str | None, typer.Option(metavar="REASON", help="The response's finish_reason, if known")
+    ] = None,
 ) -> None:
     """Validate one raw LLM response: print the parsed sample as JSON (exit 0) or the reject reasons (exit 1)."""
     from tasks.curation.validate import validate_output
 
-    content = typer.get_text_stream("stdin").read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    try:
+        content = typer.get_text_stream("stdin").read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    except OSError as exc:  # missing, a folder, unreadable: one line naming the file
+        err_console.print(f"[red]error:[/red] cannot read {escape(str(file))}: {escape(exc.strerror or str(exc))}",
+                          highlight=False)
+        raise typer.Exit(2) from None
     try:
         result = validate_output(sample_type, output_format, content, finish_reason)
     except ValueError as exc:  # unknown type or format
@@ -67,21 +81,23 @@ def _resolve_image_root(image_root: Path | None, db: Path | None) -> Path:
         return image_root
     try:
         return default_image_root(db)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:  # several COCO folders; no database
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
 
 
 def _print_export(result) -> None:
-    table = Table(title=escape(f"export to {result.out_dir} (images relative to {result.image_root})"))
+    # Paths on lines of their own, not in the title: a table wraps its title, a soft-wrapped line stays whole.
+    console.print(f"export to {result.out_dir} (images relative to {result.image_root})", markup=False,
+                  highlight=False)
+    table = Table()
     table.add_column("file")
     table.add_column("records", justify="right")
     for stem, count in result.counts.items():
         table.add_row(f"{stem}.json / .parquet", f"{count:,}")
     console.print(table)
-    if result.missing_images:
-        err_console.print(f"[yellow]warning:[/yellow] {len(result.missing_images)} image(s) not found under "
-                          + escape(f"{result.image_root}, e.g. {result.missing_images[0]}"), highlight=False)
+    if missing := result.missing_summary():
+        err_console.print(f"[yellow]warning:[/yellow] {escape(missing)}", highlight=False)
     if result.skipped:
         err_console.print(f"[yellow]warning:[/yellow] skipped {len(result.skipped)} bad record(s), e.g. "
                           f"{escape(result.skipped[0].message())}", highlight=False)
@@ -92,12 +108,18 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for the LLaVA json / parquet files")],
     image_root: ImageRootOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the instruction / <image> placement draws")] = 0,
+    require_images: RequireImagesOption = False,
     db: DbOption = None,
 ) -> None:
     """Export the deduplicated dataset as LLaVA json (all types + one file per type), stage-1 pairs and parquet."""
     from tasks.curation.export import export
 
-    _print_export(export(db, out, _resolve_image_root(image_root, db), seed=seed))
+    root = _resolve_image_root(image_root, db)
+    try:
+        _print_export(export(db, out, root, seed=seed, require_images=require_images))
+    except FileNotFoundError as exc:  # no database
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.command("curate")
@@ -110,6 +132,7 @@ def curate_command(
     scope: Annotated[str, typer.Option(help="Dedup scope: image (same image and type) or global")] = _default(
         "dedup_scope"),
     seed: Annotated[int, typer.Option(help="Seed of the export's random draws")] = _default("seed"),
+    require_images: RequireImagesOption = _default("require_images"),
     db: DbOption = None,
 ) -> None:
     """Validate pending responses, remove duplicates, export, and write the report (no Prefect needed).
@@ -122,7 +145,7 @@ def curate_command(
 
     try:
         params = CurateParams(db_path=str(store.resolve_db(db)), dedup_threshold=threshold, dedup_scope=scope,
-                              export_dir=str(out), seed=seed,
+                              export_dir=str(out), seed=seed, require_images=require_images,
                               image_root=str(_resolve_image_root(image_root, db)))
     except ValidationError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)

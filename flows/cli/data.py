@@ -11,18 +11,18 @@ from typing import Annotated
 
 import duckdb
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from flows.cli import app
+from flows.cli.output import make_console
 from tasks import store
 from tasks.ingest.coco import IngestError, ingest
 from tasks.store import journal
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 DbOption = Annotated[
     Path | None, typer.Option("--db", help="DuckDB file (default: $VISTUNE_DB or data/vistune.duckdb)")
@@ -32,15 +32,23 @@ DbOption = Annotated[
 @app.command("ingest")
 def ingest_command(
     coco: Annotated[Path, typer.Option("--coco", help="COCO root: annotations/ and one folder per split")],
-    split: Annotated[list[str], typer.Option("--split", help="Split(s) to ingest, e.g. train2017, val2014")] = [  # noqa: B006
-        "train2017"
-    ],
+    split: Annotated[
+        list[str] | None,
+        typer.Option("--split", help="Split(s) to ingest, e.g. train2017 (default: every split found)"),
+    ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on the first bad record instead of skipping")] = False,
     check_images: Annotated[bool, typer.Option(help="Open every image file to check it exists and is readable")] = True,
     db: DbOption = None,
 ) -> None:
     """Ingest COCO captions and instances (pycocotools) into the store. Re-ingesting adds nothing."""
-    for one_split in split:
+    from schemas.flow_params import IngestParams
+
+    splits = IngestParams(coco_dir=str(coco), splits=split or []).splits  # the flows' default: every split found
+    if not splits:
+        err_console.print(Text(f"error: {coco}/annotations has no captions_<split>.json: is it a COCO folder?"),
+                          soft_wrap=True)
+        raise typer.Exit(1)
+    for one_split in splits:
         try:
             stats = ingest(coco, one_split, db, strict=strict, check_images=check_images)
         except IngestError as exc:
@@ -126,7 +134,9 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 @app.command("sql")
 def sql_command(
-    query: Annotated[str, typer.Argument(help="SQL to run, read-only (e.g. \"SELECT * FROM dataset LIMIT 5\")")],
+    query: Annotated[
+        str, typer.Argument(metavar="QUERY", help="SQL to run, read-only (e.g. \"SELECT * FROM dataset LIMIT 5\")")
+    ],
     db: DbOption = None,
     output: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     max_rows: Annotated[int, typer.Option(help="Rows shown in table format")] = 50,

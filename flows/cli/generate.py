@@ -9,20 +9,20 @@ from urllib.parse import urlsplit
 
 import typer
 from pydantic import SecretStr
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flows.cli import app
+from flows.cli.output import make_console
 from schemas.flow_params import GenerateParams
 from schemas.generation import GenerateStats
 from schemas.samples import SAMPLE_TYPES
 from schemas.settings import get_settings
 from tasks import store
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 DbOption = Annotated[
     Path | None, typer.Option("--db", help="DuckDB file (default: $VISTUNE_DB or data/vistune.duckdb)")
@@ -102,7 +102,7 @@ def estimate_command(
     try:
         plan = plan_requests(db, sample_types=_types(types), model=model, output_format=output_format,
                              limit_images=limit, max_tokens=max_tokens, dry_run=True, prompt_set=prompt_set)
-    except ValueError as exc:  # a broken prompt set, a format it does not offer
+    except (ValueError, FileNotFoundError) as exc:  # a broken prompt set, a format it does not offer, no database
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     est = estimate(plan, model, db)
@@ -171,6 +171,10 @@ def generate_command(
     from tasks import pipeline
     from tasks.llm.engine import RunAborted  # here: openai is slow to import
 
+    if not store.resolve_db(db).exists():  # nothing ingested: an empty new database would only hide the mistake
+        err_console.print(f"[red]error:[/red] no vistune database at {escape(str(store.resolve_db(db)))}: run "
+                          "`vistune ingest` (or set VISTUNE_DB)", highlight=False)
+        raise typer.Exit(1)
     # A URL with credentials goes to the engine through the run's context, never into the parameters.
     secret_url = SecretStr(base_url) if base_url and "@" in urlsplit(base_url).netloc else None
     try:

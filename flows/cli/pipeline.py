@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -20,6 +19,7 @@ from flows.cli.generate import (
     MaxCostOption,
     MaxRegenerationsOption,
     MaxTokensOption,
+    ModelOption,
     ModeOption,
     PromptSetOption,
     TemperatureOption,
@@ -27,12 +27,21 @@ from flows.cli.generate import (
     TransportOption,
     default,
 )
-from schemas.flow_params import SAMPLE_COCO, CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
+from flows.cli.output import make_console
+from schemas.flow_params import (
+    SAMPLE_COCO,
+    CurateParams,
+    GenerateParams,
+    IngestParams,
+    PipelineParams,
+    TrainParams,
+    splits_found,
+)
 from schemas.settings import get_settings
 from tasks import store
 from tasks.store import queries
 
-console = Console()
+console = make_console()
 
 DbOption = Annotated[
     Path | None, typer.Option("--db", help="DuckDB file (default: $VISTUNE_DB or data/vistune.duckdb)")
@@ -41,7 +50,7 @@ DbOption = Annotated[
 
 def splits_of(coco_dir: Path) -> list[str]:
     """The splits a COCO folder has annotations for (`annotations/captions_<split>.json`)."""
-    found = sorted(p.stem.removeprefix("captions_") for p in (coco_dir / "annotations").glob("captions_*.json"))
+    found = splits_found(coco_dir)
     if not found:
         raise typer.BadParameter(f"{coco_dir}/annotations has no captions_<split>.json", param_hint="--coco")
     return found
@@ -69,7 +78,7 @@ def run_command(
     split: Annotated[list[str] | None, typer.Option("--split", help="split(s); default: every split found")] = None,
     types: Annotated[list[str] | None, typer.Option("--types", help="sample types; default: all three")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="at most this many images")] = None,
-    model: Annotated[str | None, typer.Option("--model")] = None,
+    model: ModelOption = None,
     output_format: FormatOption = default("output_format"),
     mode: ModeOption = default("mode"),
     base_url: BaseUrlOption = None,
@@ -87,7 +96,9 @@ def run_command(
     shard_size: Annotated[int, typer.Option("--shard-size", help="requests per Prefect task")] = default("shard_size"),
     max_workers: Annotated[int, typer.Option("--max-workers", help="shards at once")] = default("max_workers"),
     task_runner: Annotated[str, typer.Option("--task-runner", help="threads | dask")] = default("task_runner"),
-    export_dir: Annotated[Path, typer.Option("--export-dir")] = Path(CurateParams().export_dir),
+    export_dir: Annotated[
+        Path, typer.Option("--export-dir", help="Folder for the LLaVA json / parquet files, report and plots")
+    ] = Path(CurateParams().export_dir),
     train_config: Annotated[Path | None, typer.Option("--train-config", help="also train with this config")] = None,
     db: DbOption = None,
 ) -> None:
@@ -96,6 +107,8 @@ def run_command(
     from flows.progress import add_listener
     from schemas.settings import get_settings
 
+    if not coco.is_dir():  # before a Prefect server is started for nothing
+        raise typer.BadParameter(f"{coco} is not a folder", param_hint="--coco")
     db_path = str(store.resolve_db(db))
     try:
         generate = GenerateParams(
@@ -131,7 +144,11 @@ def run_command(
 def status_command(db: DbOption = None) -> None:
     """Row counts, money spent, response statuses and open batches of a database."""
     db_path = store.resolve_db(db)
-    counts = store.table_counts(db_path)
+    try:
+        counts = store.table_counts(db_path)
+    except FileNotFoundError as exc:  # no database yet: one line, naming it
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print(f"database: {db_path}", soft_wrap=True, markup=False)
     table = Table()
     table.add_column("table")
@@ -172,13 +189,18 @@ def status_command(db: DbOption = None) -> None:
 def demo_command(
     coco: Annotated[Path, typer.Option("--coco", help="COCO root (default: the bundled 4-image sample)")] = Path(
         SAMPLE_COCO),
-    out: Annotated[Path, typer.Option("--out", help="where the demo's database, dataset and model go")] = Path(
-        "data/demo"),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for the demo's database, dataset and model (default: the default "
+                                   "database $VISTUNE_DB or data/vistune.duckdb, data/export and data/demo)"),
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="at most this many images")] = None,
     model: Annotated[str | None, typer.Option("--model", help="default: VISTUNE_MODEL or gpt-4o")] = None,
     max_cost_usd: Annotated[float | None, typer.Option("--max-cost-usd", help="stop a real endpoint at this")] = None,
     train: Annotated[bool, typer.Option(help="train the tiny model (stage 1 + stage 2) at the end")] = True,
-    fresh: Annotated[bool, typer.Option("--fresh", help="delete --out first")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Delete the demo's outputs first (--out, else its database and exports)")
+    ] = False,
     prefect: Annotated[bool, typer.Option("--prefect", help="run the steps as Prefect flows (UI, artifacts)")] = False,
     vision: Annotated[str, typer.Option("--vision", help="tiny vision tower: clip or siglip")] = "clip",
 ) -> None:
@@ -190,7 +212,7 @@ def demo_command(
         result = run_demo(console, coco_dir=coco, out_dir=out, limit_images=limit,
                           model=model or get_settings().model, max_cost_usd=max_cost_usd, train=train, fresh=fresh,
                           use_prefect=prefect, vision=vision)
-    except DemoError as exc:
+    except (DemoError, FileNotFoundError) as exc:  # the endpoint answered nothing usable; no COCO folder
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     print_summary(console, result)

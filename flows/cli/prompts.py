@@ -93,8 +93,11 @@ def show(
     except PromptFileError as exc:
         _fail(str(exc))
     output_format = output_format or template.output_formats[0]
-    with store.read(db) as con:
-        contexts = load_contexts(con, [image_id])
+    try:
+        with store.read(db) as con:
+            contexts = load_contexts(con, [image_id])
+    except FileNotFoundError as exc:  # no database
+        _fail(str(exc))
     if image_id not in contexts:
         typer.echo(f"image {image_id} is not in {store.resolve_db(db)}: ingest it first "
                    "(`vistune ingest --coco DIR`) or list ids with `vistune sql \"SELECT image_id FROM images\"`",

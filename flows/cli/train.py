@@ -7,23 +7,29 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from flows.cli import app
+from flows.cli.output import make_console
 from tasks.train_launch import training_command
 
-console = Console()
+console = make_console()
 
 
 @app.command("train")
 def train_command(
-    config: Annotated[Path, typer.Option("--config", help="training config (YAML or TOML), see training/config.py")],
-    stage: Annotated[list[str] | None, typer.Option("--stage", help="stage1|stage2|merge; default 1 then 2")] = None,
+    config: Annotated[
+        Path, typer.Option("--config", metavar="FILE", help="training config (YAML or TOML), see training/config.py")
+    ],
+    stage: Annotated[
+        list[str] | None, typer.Option("--stage", metavar="STAGE", help="stage1|stage2|merge; default 1 then 2")
+    ] = None,
     merge: Annotated[bool, typer.Option("--merge", help="then merge adapters + projector")] = False,
-    override: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. stage2.method=qlora")] = None,
+    override: Annotated[
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="override, e.g. stage2.method=qlora")
+    ] = None,
     prefect: Annotated[bool, typer.Option("--prefect", help="run as the Prefect `train` flow")] = False,
 ) -> None:
-    """Train: each stage runs as `python -m training STAGE --config FILE [overrides]` in its own process."""
+    """Train: each stage runs as `python -m training STAGE --config FILE KEY=VALUE...` in its own process."""
     if not config.exists():
         raise typer.BadParameter(f"{config} does not exist", param_hint="--config")
     stages = stage or ["stage1", "stage2"]

@@ -6,7 +6,9 @@ Files written to `out_dir` (names in `export_files()`):
 - `llava_instruct_<type>.json`: the same records, one file per sample type;
 - `llava_pretrain.json`: one image-caption pair per image (stage 1, LLaVA's `plain` template reads only
   the image and the caption), the caption drawn from the image's COCO captions;
-- the same stems as `.parquet` (`datasets.load_dataset("parquet", data_files=...)`).
+- the same stems as `.parquet` (`datasets.load_dataset("parquet", data_files=...)`);
+- `export_summary.json`: `ExportResult.as_dict()` (counts, skipped records, records lacking an image file with a
+  few named, `missing_summary`), for the report and anything else that reads the folder later.
 
 `image` is `<split>/<file_name>` relative to `image_root`: the COCO folder holding `train2017/` and
 `val2017/` (the `coco_root` recorded at ingest), which is also training's `image_root`.
@@ -50,11 +52,18 @@ INSTRUCTIONS_DIR = Path(__file__).parent / "instructions"
 INSTRUCT_FILE = "llava_instruct"
 PRETRAIN_FILE = "llava_pretrain"
 PRETRAIN_INSTRUCTIONS = "brief_caption"
+EXPORT_SUMMARY = "export_summary.json"
 _PARQUET_SCHEMA = pa.schema([
     ("id", pa.string()),
     ("image", pa.string()),
     ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
 ])
+
+
+def stored_missing_summary(out_dir: str | Path) -> str | None:
+    """The `missing_summary` an earlier export wrote into `out_dir` (None: none, or every image was there)."""
+    path = Path(out_dir) / EXPORT_SUMMARY
+    return json.loads(path.read_text(encoding="utf-8")).get("missing_summary") if path.exists() else None
 
 
 @cache
@@ -145,9 +154,16 @@ class SkippedRecord:
         return f"{self.stem} record {self.record_id}: {self.reason}"
 
 
+MISSING_EXAMPLES = 5  # image paths named in the one-line summary of missing images
+
+
 @dataclass
 class ExportResult:
-    """What `export` wrote: file paths, record counts, images not found under the image root, skipped records."""
+    """What `export` wrote: file paths, record counts, images not found under the image root, skipped records.
+
+    `missing_images` lists every image path (relative to the image root) some record points at without a file
+    there; `records_missing_image` counts those records (written, or left out with `require_images`, then also
+    counted in `dropped_missing_image`)."""
 
     out_dir: str
     image_root: str
@@ -155,12 +171,16 @@ class ExportResult:
     counts: dict[str, int] = field(default_factory=dict)
     missing_images: list[str] = field(default_factory=list)
     skipped: list[SkippedRecord] = field(default_factory=list)
+    records_missing_image: int = 0
+    dropped_missing_image: int = 0
+    require_images: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and Prefect artifacts); lists only the first missing images and skipped records."""
         out = asdict(self)
         out["missing_images"] = self.missing_images[:20]
         out["missing_image_count"] = len(self.missing_images)
+        out["missing_summary"] = self.missing_summary()
         out["skipped"] = [asdict(s) for s in self.skipped[:20]]
         out["skipped_count"] = len(self.skipped)
         out["bad_path_count"] = self.bad_paths
@@ -171,10 +191,23 @@ class ExportResult:
         """Records skipped because their image path would leave the image root."""
         return sum(1 for s in self.skipped if s.reason.startswith(BAD_PATH))
 
+    def missing_summary(self) -> str | None:
+        """One line for the CLI, the report and the exports artifact: how many records lack their image file,
+        a few of those images by name, and whether they were left out; None when every image is there."""
+        if not self.records_missing_image:
+            return None
+        named = ", ".join(self.missing_images[:MISSING_EXAMPLES])
+        more = f" and {len(self.missing_images) - MISSING_EXAMPLES:,} more" if len(
+            self.missing_images) > MISSING_EXAMPLES else ""
+        fate = ("left out (require_images)" if self.require_images
+                else "exported anyway; --require-images leaves them out")
+        return (f"{self.records_missing_image:,} record(s) lack an image file under {self.image_root} "
+                f"({len(self.missing_images):,} image(s): {named}{more}): {fate}")
+
     def __repr__(self) -> str:  # flows log the result: keep it short when thousands of images are missing
         counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
         return (f"ExportResult(out_dir={self.out_dir!r}, {counts}, missing_images={len(self.missing_images)}, "
-                f"skipped={len(self.skipped)})")
+                f"records_missing_image={self.records_missing_image}, skipped={len(self.skipped)})")
 
 
 def default_image_root(db_path: str | Path | None) -> Path:
@@ -211,11 +244,14 @@ def _reason(exc: Exception) -> str:
 
 
 def export(
-    db_path: str | Path | None, out_dir: str | Path, image_root: str | Path, seed: int = 0
+    db_path: str | Path | None, out_dir: str | Path, image_root: str | Path, seed: int = 0,
+    require_images: bool = False,
 ) -> ExportResult:
-    """Write the LLaVA json / Parquet files for the `dataset` view and the stage-1 caption pairs."""
+    """Write the LLaVA json / Parquet files for the `dataset` view and the stage-1 caption pairs.
+
+    Records whose image file is missing under `image_root` are counted (and named) in the result; with
+    `require_images` they are also left out of the files."""
     out, root = Path(out_dir), Path(image_root)
-    out.mkdir(parents=True, exist_ok=True)
     with read(db_path) as con:
         samples = con.execute("""
             SELECT d.sample_id, d.sample_type, d.data, i.split, i.file_name
@@ -225,7 +261,21 @@ def export(
             SELECT i.image_id, i.split, i.file_name, list(c.caption ORDER BY c.caption_id)
             FROM images i JOIN captions c USING (image_id) GROUP BY ALL ORDER BY i.image_id
         """).fetchall()
-    result = ExportResult(out_dir=str(out), image_root=str(root))
+    out.mkdir(parents=True, exist_ok=True)  # after the reads: no empty folder when there is no database
+    result = ExportResult(out_dir=str(out), image_root=str(root), require_images=require_images)
+    exists: dict[str, bool] = {}  # one stat per image, however many records point at it
+
+    def keep(image: str) -> bool:
+        # Counts a record whose image file is missing; False when `require_images` leaves it out.
+        if image not in exists:
+            exists[image] = (root / image).is_file()
+        if exists[image]:
+            return True
+        result.records_missing_image += 1
+        if require_images:
+            result.dropped_missing_image += 1
+        return not require_images
+
     by_type: dict[str, list[dict[str, Any]]] = {name: [] for name in SAMPLE_TYPES}
     everything: list[dict[str, Any]] = []
     for sample_id, type_name, data, split, file_name in samples:
@@ -241,6 +291,8 @@ def export(
         except (ValueError, TypeError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
             result.skipped.append(SkippedRecord(INSTRUCT_FILE, sample_id, _reason(exc)))
             continue
+        if not keep(record.image):
+            continue
         everything.append(record.to_json())
         by_type.setdefault(type_name, []).append(everything[-1])
     pretrain: list[dict[str, Any]] = []
@@ -249,9 +301,12 @@ def export(
             result.skipped.append(SkippedRecord(PRETRAIN_FILE, f"{image_id:012d}", problem))
             continue
         try:
-            pretrain.append(pretrain_record(image_id, caps, image_path(split, name), seed).to_json())
+            record = pretrain_record(image_id, caps, image_path(split, name), seed)
         except (ValueError, TypeError, KeyError) as exc:
             result.skipped.append(SkippedRecord(PRETRAIN_FILE, f"{image_id:012d}", _reason(exc)))
+            continue
+        if keep(record.image):
+            pretrain.append(record.to_json())
     outputs = {INSTRUCT_FILE: everything, PRETRAIN_FILE: pretrain,
                **{f"{INSTRUCT_FILE}_{name}": records for name, records in by_type.items()}}
     for stem, records in outputs.items():
@@ -260,6 +315,8 @@ def export(
             writer(path, records)
             result.paths.append(str(path))
         result.counts[stem] = len(records)
-    images = sorted({r["image"] for r in everything} | {r["image"] for r in pretrain})
-    result.missing_images = [rel for rel in images if not (root / rel).is_file()]
+    result.missing_images = sorted(image for image, found in exists.items() if not found)
+    summary = out / EXPORT_SUMMARY  # beside the files: the report (another step) reads what the export saw
+    summary.with_suffix(".json.tmp").write_text(json.dumps(result.as_dict(), indent=1) + "\n", encoding="utf-8")
+    summary.with_suffix(".json.tmp").replace(summary)
     return result

@@ -6,18 +6,25 @@ curate flow shows the same markdown and tables in the Prefect UI (`flows/curate.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 # `Figure` renders with Agg and keeps no global pyplot state: safe on servers, workers and threads.
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from schemas.samples import SAMPLE_TYPES, question_answer_pairs, sample_type
+from tasks.curation.export import stored_missing_summary
 from tasks.store import read
 
 REPORT_FILE = "report.md"
+PLOT_WIDTH_IN = 12  # x PLOT_DPI = 1200 px: readable in the Prefect UI's artifact pane
+PLOT_DPI = 100
+_IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
 
 
 @dataclass
@@ -28,6 +35,28 @@ class Report:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
     path: Path | None = None
+
+    def embedded_markdown(self) -> str:
+        """The markdown with each plot inlined as a `data:` URI (for the Prefect UI).
+
+        The UI cannot reach files beside the report, so relative image links show as alt text there;
+        `report.md` on disk keeps the relative links. Each PNG is a few tens of KB.
+        """
+        base = self.path.parent if self.path else Path(".")
+        return embed_images(self.markdown, base)
+
+
+def embed_images(markdown: str, base: Path) -> str:
+    """Replace `![alt](file.png)` links to existing files under `base` by `data:image/png;base64,` URIs."""
+
+    def inline(match: re.Match[str]) -> str:
+        png = base / match.group(2)
+        if not png.is_file():
+            return match.group(0)
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return _IMAGE_LINK.sub(inline, markdown)
 
 
 def _rows(con, sql: str) -> list[dict[str, Any]]:
@@ -75,30 +104,38 @@ def _answer_lengths(samples: list[tuple[str, str]]) -> tuple[dict[str, list[int]
 
 
 def _plot_lengths(lengths: dict[str, list[int]], path: Path) -> Path:
-    fig = Figure(figsize=(4 * len(lengths), 3))
+    fig = Figure(figsize=(PLOT_WIDTH_IN, 4))
     axes = fig.subplots(1, len(lengths), squeeze=False)
     for ax, (name, values) in zip(axes[0], lengths.items(), strict=True):
         ax.hist(values or [0], bins=30, color="#4C72B0")
-        ax.set_title(f"{name} (n={len(values)})", fontsize=9)
+        ax.set_title(f"{name} (n={len(values)})", fontsize=10)
         ax.set_xlabel("answer length (words)")
-    axes[0][0].set_ylabel("answers")
+        ax.set_ylabel("answers")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.5-answer ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle("Answer length per sample type", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=80, metadata={"Software": None})
+    fig.savefig(path, dpi=PLOT_DPI, metadata={"Software": None})
     return path
 
 
 def _plot_mix(mix: list[dict[str, Any]], path: Path) -> Path:
-    fig = Figure(figsize=(6, 3))
+    fig = Figure(figsize=(PLOT_WIDTH_IN, 4))
     ax = fig.subplots()
     names = [r["sample_type"] for r in mix]
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], [r["share"] for r in mix], width=0.4, label="this dataset")
     ax.bar([i + 0.2 for i in x], [r["llava_share"] for r in mix], width=0.4, label="LLaVA-Instruct-158K")
-    ax.set_xticks(list(x), names, fontsize=8)
+    for i, r in zip(x, mix, strict=True):  # the sample count on top of this dataset's bar
+        ax.annotate(f"{r['samples']:,}", (i - 0.2, r["share"]), ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(list(x), names, fontsize=10)
+    ax.set_title("Sample types: this dataset vs LLaVA-Instruct-158K", fontsize=12)
+    ax.set_xlabel("sample type")
     ax.set_ylabel("share of samples")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, max([1e-9, *(max(r["share"], r["llava_share"]) for r in mix)]) * 1.15)
+    ax.legend(fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80, metadata={"Software": None})
+    fig.savefig(path, dpi=PLOT_DPI, metadata={"Software": None})
     return path
 
 
@@ -158,6 +195,7 @@ def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
         "# Dataset report\n",
         f"{funnel[0]['dataset']:,} samples in the dataset; total LLM cost ${total_cost:,.4f}, "
         f"of which ${rejected_cost:,.4f} on answers that were rejected.\n",
+        *([f"**Missing images:** {missing}\n"] if (missing := stored_missing_summary(out)) else []),
         "## Funnel\n", _markdown_table(funnel),
         f"## Sample types vs LLaVA-Instruct-158K ({paper_mix})\n", _markdown_table(mix),
         "![type mix](type_mix.png)\n",
