@@ -1,6 +1,10 @@
 """Preflight throughput on synthetic LLaVA-665K-shaped data (issue 19, item 1): records/s with 1 and 2+ workers.
 
-    python bench/train_preflight.py [--records 665000] [--workers 1,2] [--images header|decode]
+    python bench/train_preflight.py [--records 665000] [--workers 1,2] [--images header|decode] [--baseline]
+
+`--baseline` also times, before each current run, the hot path as it was before the speed-up (kept here only:
+offsets through `np.asarray`, a stat before each image open, image paths through pathlib with `image_root` resolved
+per record), same data.
 
 Records look like LLaVA-1.5's 665K mix: 1-6 question/answer pairs of 4-40 words, about 6% text-only. Each image
 record names its own path; the paths are hardlinks to `--unique-images` small JPEGs (distinct paths, so no
@@ -12,19 +16,26 @@ Vicuna's 32K vocabulary, so tokenization here costs more, not less).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import sys
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 from PIL import Image
 
+from training import data as data_module
+from training import preflight as preflight_module
 from training.config import load_config
+from training.data import IGNORE_INDEX, TokenizationMismatch
 from training.model import processor_for_stage
 from training.preflight import check_records
 from training.tiny import build_tiny_base_models
@@ -64,6 +75,52 @@ def make_data(root: Path, records: int, unique_images: int, seed: int = 0) -> li
     return out
 
 
+def _baseline_tokenize_segments(segments, tokenizer, sample_id: str) -> tuple[list[int], list[int]]:
+    """`data.tokenize_segments` before the speed-up (offsets converted with `np.asarray`)."""
+    text = "".join(segment.text for segment in segments)
+    target_at = bytearray().join(bytes([segment.target]) * len(segment.text) for segment in segments)
+    encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=True)
+    ids, offsets = list(encoding.ids), encoding.offsets
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    inside_before = np.concatenate(([0], np.cumsum(np.frombuffer(bytes(target_at), dtype=np.uint8), dtype=np.int64)))
+    inside = inside_before[spans[:, 1]] - inside_before[spans[:, 0]]
+    width = spans[:, 1] - spans[:, 0]
+    if np.flatnonzero((inside != 0) & (inside != width)).size:
+        raise TokenizationMismatch(f"sample {sample_id}: straddling token")
+    return ids, np.where(inside > 0, np.asarray(ids, dtype=np.int64), IGNORE_INDEX).tolist()
+
+
+def _baseline_check_image(path: Path, images: str) -> tuple[str, str] | None:
+    """`preflight.check_image` before the speed-up: a stat, then the open."""
+    if not path.is_file():
+        return "image_missing", f"image {path} not found"
+    return _current_check_image(path, images)
+
+
+def _baseline_resolve_image(image_root: Path, image: str, sample_id: str, **_: object) -> Path:
+    """`data.resolve_image` before the speed-up: pathlib, and `image_root` resolved on every call."""
+    root = Path(image_root).resolve()
+    relative = PurePosixPath(image)
+    if "\\" in image or relative.is_absolute() or ".." in relative.parts:
+        raise data_module.ImagePathError(f"sample {sample_id}: image path {image!r:.200} leaves image_root")
+    target = Path(os.path.normpath(root / image))
+    if not target.is_relative_to(root):
+        raise data_module.ImagePathError(f"sample {sample_id}: image path {image!r:.200} leaves image_root")
+    return target
+
+
+_current_check_image = preflight_module.check_image
+
+
+@contextlib.contextmanager
+def baseline_path() -> Iterator[None]:
+    """Swap the pre-speed-up hot path in (forked workers inherit the patches)."""
+    with (mock.patch.object(data_module, "tokenize_segments", _baseline_tokenize_segments),
+          mock.patch.object(preflight_module, "check_image", _baseline_check_image),
+          mock.patch.object(preflight_module, "resolve_image", _baseline_resolve_image)):
+        yield
+
+
 def main() -> None:
     """Generate the data once, then time `check_records` with each worker count."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -72,6 +129,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to time")
     parser.add_argument("--images", choices=["header", "decode"], default="header")
     parser.add_argument("--dir", type=Path, help="where to build the data (default: a temp dir, kept)")
+    parser.add_argument("--baseline", action="store_true", help="also time the pre-speed-up path, same data")
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="vistune-preflight-bench-"))
     start = time.perf_counter()
@@ -81,14 +139,18 @@ def main() -> None:
     cfg = load_config(root / "models" / "tiny.yaml", [f"image_root={root / 'data'}", "model_max_length=2048"])
     processor = processor_for_stage(cfg, cfg.stage("stage2"))
     rows = []
+    paths = [("baseline", baseline_path), ("current", contextlib.nullcontext)] if args.baseline else [
+        ("current", contextlib.nullcontext)]
     for workers in (int(w) for w in args.workers.split(",")):
-        report = check_records(records, root / "data", processor, "vicuna_v1", cfg.model_max_length,
-                               images=args.images, workers=workers)
-        assert report.ok, report.summary()
-        rows.append({"records": len(records), "workers": workers, "images": args.images,
-                     "seconds": round(report.seconds, 1), "records_per_s": round(len(records) / report.seconds),
-                     "cpus": os.cpu_count()})
-        print(json.dumps(rows[-1]), flush=True)
+        for name, context in paths:
+            with context():
+                report = check_records(records, root / "data", processor, "vicuna_v1", cfg.model_max_length,
+                                       images=args.images, workers=workers)
+            assert report.ok, report.summary()
+            rows.append({"path": name, "records": len(records), "workers": workers, "images": args.images,
+                         "seconds": round(report.seconds, 1), "records_per_s": round(len(records) / report.seconds),
+                         "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 1)})
+            print(json.dumps(rows[-1]), flush=True)
     print(report.summary())
 
 

@@ -13,7 +13,8 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from itertools import chain
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,23 +46,25 @@ class ImagePathError(ValueError):
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-def resolve_image(image_root: Path, image: object, sample_id: str) -> Path:
+def resolve_image(image_root: Path, image: object, sample_id: str, *, root_resolved: bool = False) -> Path:
     """`image_root / image`, refusing any path that leaves the root (the json may come from anywhere).
 
     The check is lexical on the resolved root: `..` parts, absolute paths and Windows paths are refused;
-    symlinks inside the root are the root owner's and are followed as they are.
+    symlinks inside the root are the root owner's and are followed as they are. `root_resolved`: the caller
+    already resolved `image_root` (preflight, per record: resolving costs a syscall per path part).
     """
     if not isinstance(image, str) or not image.strip():
         raise ImagePathError(f"sample {sample_id}: 'image' must be a non-empty path string, got {image!r:.80}")
-    root = Path(image_root).resolve()
-    relative = PurePosixPath(image)
-    if "\\" in image or _DRIVE.match(image) or relative.is_absolute() or ".." in relative.parts:
+    root = str(image_root) if root_resolved else str(Path(image_root).resolve())
+    # String operations, not pathlib (preflight calls this per record): an absolute path starts with "/", and
+    # splitting on "/" keeps every ".." part, as PurePosixPath(image).is_absolute() / .parts would.
+    if "\\" in image or _DRIVE.match(image) or image.startswith("/") or ".." in image.split("/"):
         raise ImagePathError(f"sample {sample_id}: image path {image!r:.200} leaves image_root {root}; "
                              "image paths must be relative to image_root, without '..'")
-    target = Path(os.path.normpath(root / image))
-    if not target.is_relative_to(root):
+    target = os.path.normpath(os.path.join(root, image))
+    if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):  # Path.is_relative_to, on strings
         raise ImagePathError(f"sample {sample_id}: image path {image!r:.200} leaves image_root {root}")
-    return target
+    return Path(target)
 
 
 def load_records(path: Path) -> list[dict]:
@@ -112,12 +115,13 @@ def tokenize_segments(segments: list[Segment], tokenizer, sample_id: str) -> tup
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # the fast tokenizer's own encoding: the same ids and offsets, without the wrapper
         encoding = backend.encode(text, add_special_tokens=True)
-        ids, offsets = list(encoding.ids), encoding.offsets
+        ids, offsets = encoding.ids, encoding.offsets
     else:
         encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
         ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
     # Vectorised over tokens: characters inside target segments per token span, from a prefix sum.
-    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    # fromiter over the flattened pairs is ~2x faster than np.asarray on a list of tuples (preflight's hot path).
+    spans = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
     inside_before = np.concatenate(([0], np.cumsum(np.frombuffer(bytes(target_at), dtype=np.uint8), dtype=np.int64)))
     inside = inside_before[spans[:, 1]] - inside_before[spans[:, 0]]
     width = spans[:, 1] - spans[:, 0]  # 0 for tokens the tokenizer added (bos): never targets

@@ -388,6 +388,7 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, float] | N
         "samples_per_s": window.samples * accelerator.num_processes / elapsed,
         "tokens_per_s": window.tokens * accelerator.num_processes / elapsed,
         "eta_s": per_step * (run.total_steps - progress.step),
+        "total_steps": run.total_steps,  # with `step`, the progress a watcher (the train flow) can show
     }
     if run.bad_ids:
         step["bad_samples"] = len(run.bad_ids)

@@ -204,6 +204,7 @@ class _Checker:
     images: ImageCheck
 
     def __post_init__(self) -> None:
+        self.image_root = self.image_root.resolve()  # once, not per record (a syscall per path part)
         self.render = TEMPLATES[self.template]
         self.tokenizer = self.processor.tokenizer
         self.image_tokens = num_image_tokens(self.processor)
@@ -228,7 +229,7 @@ class _Checker:
             path = None
             if image:  # as the dataset reads it: an empty or null image means a text-only record
                 try:
-                    path = resolve_image(self.image_root, image, sample_id)
+                    path = resolve_image(self.image_root, image, sample_id, root_resolved=True)
                 except ImagePathError as exc:
                     findings.append(("image_path", str(exc)))
             text = self._check_text(index, record, sample_id, result)
@@ -303,10 +304,14 @@ def check_image(path: Path, images: ImageCheck) -> tuple[str, str] | None:
     `header` opens the file (PIL reads and parses the header only); `decode` also runs PIL's `verify` and
     then a full decode to RGB, which catches truncated and corrupt pixel data.
     """
-    if not path.is_file():
+    try:  # one open, no separate stat: a missing file (or a directory) fails the open itself
+        opened = Image.open(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return "image_missing", f"image {path} not found; check image_root"
+    except Exception as exc:  # PIL raises many types for corrupt files
+        return "image_unreadable", f"image {path}: {type(exc).__name__}: {exc}"
     try:
-        with Image.open(path) as image:
+        with opened as image:
             if image.width <= 0 or image.height <= 0:
                 return "image_unreadable", f"image {path} has size {image.size}"
             if images == "decode":
