@@ -28,14 +28,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from schemas.flow_params import (
-    CurateParams,
-    GenerateParams,
-    IngestParams,
-    PipelineParams,
-    TrainParams,
-    splits_found,
-)
+from schemas.flow_params import CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams, splits_found
 from schemas.generation import GenerateStats
 from schemas.settings import get_settings
 from tasks import store

@@ -10,19 +10,16 @@ worker are stopped by PID (their process groups) at the end.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tasks import store
+from tests.prefect_server import start_server, stop
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -30,59 +27,11 @@ PREFECT = [sys.executable, "-m", "prefect"]
 pytestmark = [pytest.mark.prefect_server, pytest.mark.coco_mini, pytest.mark.timeout(300)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group we started (worker children included), SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def wait_healthy(api_url: str, server: subprocess.Popen[bytes], log: Path, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"prefect server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"prefect server not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A real Prefect server on a loopback port; yields the environment that points at it."""
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_UI_ENABLED": "false",
-        "PYTHONPATH": str(REPO),
-    }
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server, env = start_server(tmp_path, ui=False)
     try:
-        wait_healthy(api_url, server, log)
         yield env
     finally:
         stop(server)

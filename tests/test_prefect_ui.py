@@ -18,9 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.prefect_server import REPO, shared_server
+from tests.prefect_server import REPO, free_port, shared_server, stop
 from tests.sim import SimConfig, start_simulator
-from tests.test_prefect_integration import free_port, stop
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.timeout(500)]
 

@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"`python -m training {CHECK} --config FILE` (preflight the data).",
     )
     parser.add_argument("command", choices=["stage1", "stage2", "merge"])
-    parser.add_argument("--config", required=True, help="YAML or TOML training config")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage1.learning_rate=1e-3")
+    return _config_arguments(parser, "stage1.learning_rate=1e-3")
+
+
+def _config_arguments(parser: argparse.ArgumentParser, example: str) -> argparse.ArgumentParser:
+    # Every command that reads a training config takes it the same way.
+    parser.add_argument("--config", required=True, metavar="FILE", help="YAML or TOML training config")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
     return parser
 
 
@@ -76,13 +81,11 @@ def build_check_parser() -> argparse.ArgumentParser:
         description="Preflight: check every record of the stages' data as training would read it (json, images, "
         "placeholder, template, tokenization, length) and save a report; exits 1 when any record would fail.",
     )
-    parser.add_argument("--config", required=True, help="YAML or TOML training config")
     parser.add_argument("--stage", choices=["stage1", "stage2"], action="append",
                         help="the stage(s) to check (default: every stage whose data is set)")
     parser.add_argument("--images", choices=["header", "decode"], help="default: data.preflight_images (decode)")
     parser.add_argument("--workers", type=int, help="processes (default: data.preflight_workers, else all cores)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage2.data=other.json")
-    return parser
+    return _config_arguments(parser, "stage2.data=other.json")
 
 
 def build_convert_parser() -> argparse.ArgumentParser:
