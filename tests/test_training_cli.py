@@ -32,10 +32,15 @@ def test_cli_runs_stage1_stage2_lora_and_merge(coco_images, capsys):
     assert yaml.safe_load((cfg.stage_dir("stage2") / "config.yaml").read_text())["stage2"]["method"] == "lora"
 
 
-def test_cli_rejects_a_malformed_override(tmp_path):
+def test_cli_rejects_a_malformed_override_or_a_missing_config_in_one_line(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("seed: 1\n")
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(SystemExit) as exited:
         main(["stage1", "--config", str(tmp_path / "c.yaml"), "stage1.learning_rate"])
+    assert exited.value.code == 2 and "key=value" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "--config", str(tmp_path / "missing.yaml")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "missing.yaml does not exist" in err and "Traceback" not in err
 
 
 def test_shipped_recipe_holds_the_paper_defaults():

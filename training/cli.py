@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+from typing import Any
 
 CONVERT = "convert-for-serving"
 CHECK = "check"
@@ -114,9 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == [CHECK]:
         sys.exit(check(argv[1:]))
     args = build_parser().parse_intermixed_args(argv)
-    from training.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load_config_or_exit(args.config, args.overrides)
     if args.command == "merge":
         from training.merge import merge
 
@@ -127,13 +126,24 @@ def main(argv: list[str] | None = None) -> None:
         print(train(cfg, args.command) / "final")
 
 
+def _load_config_or_exit(path: str, overrides: list[str]) -> Any:
+    # A missing file or a bad value is the user's to fix: one line and exit 2, not a traceback.
+    from training.config import load_config
+
+    try:
+        return load_config(path, overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def check(argv: list[str]) -> int:
     """`python -m training check`: print each report and where it is; 0 when every record passes, else 1."""
-    from training.config import STAGE_NAMES, load_config
+    from training.config import STAGE_NAMES
     from training.preflight import check_config
 
     args = build_check_parser().parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load_config_or_exit(args.config, args.overrides)
     stages = args.stage or [name for name in STAGE_NAMES if getattr(cfg, name).data is not None]
     if not stages:
         raise ValueError("no stage has data set: give stage1.data=... or stage2.data=...")
