@@ -32,6 +32,14 @@ class Settings(BaseSettings):
         default="openai-api-key",
         validation_alias=AliasChoices("VISTUNE_SECRET_BLOCK", "prefect_secret_block"),
     )
+    # Prefect work pools by role (prefect.yaml reads them as {{ $VISTUNE_CPU_POOL }} / {{ $VISTUNE_GPU_POOL }};
+    # `python -m flows.pools deploy` exports them from here): CPU work (ingest, generate, curate, judging) on one,
+    # GPU work (training, inference) on the other, each served by the workers of its own machine(s).
+    cpu_pool: str = Field(default="vistune", validation_alias=AliasChoices("VISTUNE_CPU_POOL", "cpu_pool"))
+    gpu_pool: str = Field(default="vistune-gpu", validation_alias=AliasChoices("VISTUNE_GPU_POOL", "gpu_pool"))
+    # A flow meant for a GPU (train) fails at once when torch sees none, unless its `allow_cpu` parameter is set.
+    # The `train` deployment sets it in its job environment; off, training keeps running wherever it runs.
+    require_gpu: bool = Field(default=False, validation_alias=AliasChoices("VISTUNE_REQUIRE_GPU", "require_gpu"))
 
     @field_validator("openai_api_key", "openai_base_url", mode="before")
     @classmethod

@@ -67,7 +67,8 @@ def test_the_failure_automation_is_created_and_notifies_on_a_failing_flow_run(
     assert len(automations) == 1 and automations[0].enabled
     assert automations[0].trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
 
-    # a `train` flow run whose stage exits 3 (no training needed to fail)
+    # a `train` flow run whose stage exits 3 (no training needed to fail; the config passes the path check)
+    (tmp_path / "train.yaml").write_text(f"output_dir: {tmp_path / 'runs'}\n")
     failing = run(env, "-c", "import sys; from flows.train import train_flow; from schemas.flow_params import "
                              f"TrainParams; train_flow(TrainParams(config={str(tmp_path / 'train.yaml')!r}, "
                              "launcher=[sys.executable, '-c', 'raise SystemExit(3)']))")

@@ -191,15 +191,22 @@ sys.exit(7 if "--fail" in sys.argv and stage == "stage2" else 0)
 """
 
 
+def fake_config(tmp_path: Path) -> Path:
+    """A config the train flow's path check accepts (hub model ids, no data); the fake launcher ignores it."""
+    config = tmp_path / "train.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'runs'}\n")
+    return config
+
+
 def test_train_runs_the_stages_in_order_and_streams_their_lines(tmp_path: Path) -> None:
-    params = TrainParams(config=str(tmp_path / "train.yaml"), launcher=[sys.executable, "-c", FAKE_TRAINING])
+    params = TrainParams(config=str(fake_config(tmp_path)), launcher=[sys.executable, "-c", FAKE_TRAINING])
     tails = train_flow(params)
     assert list(tails) == ["stage1", "stage2"]
     assert tails["stage2"] == ["stage2: step 1 loss 2.50", "stage2: saved checkpoint"]
 
 
 def test_a_failing_training_stage_fails_the_flow(tmp_path: Path) -> None:
-    params = TrainParams(config=str(tmp_path / "train.yaml"), launcher=[sys.executable, "-c", FAKE_TRAINING],
+    params = TrainParams(config=str(fake_config(tmp_path)), launcher=[sys.executable, "-c", FAKE_TRAINING],
                          stage2_overrides=["--fail"])
     state = train_flow(params, return_state=True)
     assert state.is_failed()
