@@ -110,10 +110,27 @@ class GenerateConfig(BaseModel):
     # timeouts in a row, or when this many first attempts of a run all failed (429s not counted).
     breaker_consecutive_failures: int = Field(default=20, ge=1)
     breaker_first_attempts: int = Field(default=50, ge=1)
+    # Several endpoints at once (schemas/endpoints.py, tasks/llm/pool.py): each request goes to the endpoint with
+    # the most headroom; each endpoint has its own limits, key variable and breaker. Replaces base_url/rpm/tpm.
+    endpoints_file: str | None = None
 
     # `user:password@` of `base_url`, moved out so that the URL can be logged and stored; sent as HTTP
     # Basic auth (tasks/llm/endpoint.py). Private: never dumped, never a flow parameter.
     _base_url_credentials: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _endpoints_file_alone(self) -> GenerateConfig:
+        # An endpoints file names every endpoint with its own URL and limits: a single one beside it is ambiguous.
+        if self.endpoints_file is None:
+            return self
+        given = [name for name in ("base_url", "rpm", "tpm") if getattr(self, name) is not None]
+        if given:
+            raise ValueError(f"endpoints_file {self.endpoints_file} sets each endpoint's base_url, rpm and tpm: "
+                             f"drop {', '.join(given)} (or the endpoints file)")
+        if self.mode == "batch":
+            raise ValueError(f"batch mode sends to one endpoint: drop endpoints_file {self.endpoints_file} and give "
+                             "--base-url (several endpoints are for online mode, where rate limits are the ceiling)")
+        return self
 
     @model_validator(mode="after")
     def _split_url_credentials(self) -> GenerateConfig:
@@ -127,6 +144,15 @@ class GenerateConfig(BaseModel):
     def base_url_credentials(self) -> SecretStr | None:
         """`user:password` that came in `base_url` (which no longer holds them), else None."""
         return self._base_url_credentials
+
+
+class EndpointCounts(BaseModel):
+    """What one endpoint of a run did (`GenerateStats.by_endpoint`)."""
+
+    attempts: int = 0  # HTTP calls it got
+    ok: int = 0
+    cost_usd: float = 0.0
+    cut_out: str | None = None  # why its breaker cut it out of the run, if it did
 
 
 class GenerateStats(BaseModel):
@@ -146,6 +172,7 @@ class GenerateStats(BaseModel):
     wall_s: float = 0.0
     attempts_by_status: dict[str, int] = Field(default_factory=dict)
     final_by_status: dict[str, int] = Field(default_factory=dict)  # last status of each request
+    by_endpoint: dict[str, EndpointCounts] = Field(default_factory=dict)  # responses.endpoint -> its counts
 
     def add_response(self, row: Any) -> None:
         """Count one stored attempt (a `ResponseRow` or its dict); rows never sent count only by status."""
@@ -159,6 +186,11 @@ class GenerateStats(BaseModel):
         self.completion_tokens += int(get("completion_tokens") or 0)
         self.cached_tokens += int(get("cached_tokens") or 0)
         self.cost_usd += float(get("cost_usd") or 0.0)
+        if (endpoint := get("endpoint")) is not None:
+            counts = self.by_endpoint.setdefault(endpoint, EndpointCounts())
+            counts.attempts += 1
+            counts.ok += status == "ok"
+            counts.cost_usd += float(get("cost_usd") or 0.0)
 
     def add(self, other: GenerateStats) -> None:
         """Add another run's counts to these (shards of one flow run); `wall_s` keeps the longest."""
@@ -170,6 +202,11 @@ class GenerateStats(BaseModel):
             table = getattr(self, name)
             for status, n in getattr(other, name).items():
                 table[status] = table.get(status, 0) + n
+        for endpoint, theirs in other.by_endpoint.items():
+            mine = self.by_endpoint.setdefault(endpoint, EndpointCounts())
+            mine.attempts, mine.ok = mine.attempts + theirs.attempts, mine.ok + theirs.ok
+            mine.cost_usd += theirs.cost_usd
+            mine.cut_out = mine.cut_out or theirs.cut_out
 
     @property
     def tokens(self) -> int:

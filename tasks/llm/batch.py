@@ -37,6 +37,7 @@ from tasks import store
 from tasks.llm import client as llm_client
 from tasks.llm import parsers, pricing
 from tasks.llm.budget import Budget, shared_budget
+from tasks.llm.endpoint import DEFAULT_ENDPOINT
 from tasks.llm.engine import budget_id_of, check_budget_model, finish_run, new_run_id, start_run
 from tasks.store import queries
 from tasks.store.journal import Journal, owner_alive, replay_orphans
@@ -263,7 +264,7 @@ def _store_results(
             responses.append(ResponseRow(
                 response_id=store.stable_hash(row.batch_id, rid), request_id=rid, attempt=attempts.get(rid, 0) + 1,
                 status="server_error", error=f"batch {row.batch_id} ended '{row.status}' without a result for it",
-                mode="batch", created_at=store.utcnow(), run_id=row.run_id,
+                mode="batch", created_at=store.utcnow(), run_id=row.run_id, endpoint=DEFAULT_ENDPOINT,
             ))
     secret = [client.api_key] if client.api_key and client.api_key != "not-needed" else []
     for r in responses:
@@ -292,7 +293,8 @@ def _response_row(batch: BatchRow, rid: str, record: dict[str, Any], kind: tuple
     code = response.get("status_code")
     body = response.get("body")
     common = {"response_id": store.stable_hash(batch.batch_id, rid), "request_id": rid, "attempt": attempt_no,
-              "mode": "batch", "created_at": store.utcnow(), "run_id": batch.run_id, "http_status": code}
+              "mode": "batch", "created_at": store.utcnow(), "run_id": batch.run_id, "http_status": code,
+              "endpoint": DEFAULT_ENDPOINT}  # batch mode sends to the run's one endpoint
     if code == 200 and isinstance(body, dict):
         result = llm_client.classify(body, request_kind)
         cost = pricing.cost_usd(model, result.prompt_tokens, result.completion_tokens, result.cached_tokens,

@@ -1,7 +1,7 @@
 """An endpoint: where a request is sent, how, at what rate, and what it costs there.
 
-One default endpoint per run for now; the engine asks `endpoint_for(request)`, the seam where
-a pool of endpoints (several providers or local servers for one model) will choose later.
+A run has one endpoint (its `base_url`, key and limiter) or several from an endpoints file
+(`tasks/llm/pool.py` chooses one per attempt). The engine asks `endpoint_for(request)`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ from dataclasses import dataclass
 
 import openai
 
+from schemas.endpoints import EndpointSpec
 from schemas.generation import GenerateConfig
 from tasks.llm import client as llm_client
 from tasks.llm import pricing, transport
 from tasks.llm.ratelimit import RateLimiter
 from tasks.llm.transport import ChatSender
+
+DEFAULT_ENDPOINT = "default"  # `responses.endpoint` of a run without an endpoints file
 
 
 @dataclass
@@ -30,9 +33,13 @@ class Endpoint:
     api_key: str | None = None
     batch_prices: bool = False  # True: the Batch API's discounted prices
     secrets: tuple[str, ...] = ()  # what must never reach disk: the key, the URL's user:password
+    model: str | None = None  # sent instead of the request's model (e.g. an Azure deployment's name)
+    price_model: str | None = None  # the prices.toml entry its calls are priced by; None: `model`, else the request's
+    priority: int = 0  # routing: 0 first (tasks/llm/pool.py)
+    key_env: str | None = None  # the environment variable its key came from (named in messages, never the key)
 
     @classmethod
-    def open(cls, config: GenerateConfig, limiter: RateLimiter, name: str = "default") -> Endpoint:
+    def open(cls, config: GenerateConfig, limiter: RateLimiter, name: str = DEFAULT_ENDPOINT) -> Endpoint:
         """The endpoint of `config` (`base_url`, key, timeout, transport) with `limiter`.
 
         Credentials that came in the URL (`http://user:pass@host/v1`, kept out of `base_url` by
@@ -58,9 +65,26 @@ class Endpoint:
             secrets += [userinfo, basic, password if len(password) >= 4 else None]
         return cls(name, config.base_url, client, sender, limiter, key, secrets=tuple(s for s in secrets if s))
 
+    @classmethod
+    def from_spec(cls, spec: EndpointSpec, key: str | None, config: GenerateConfig, limiter: RateLimiter) -> Endpoint:
+        """An endpoint of an endpoints file, with its key (looked up by `tasks/llm/pool.py`) and its own limiter."""
+        client = llm_client.make_client(base_url=spec.base_url, api_key=key, timeout=config.timeout)
+        sender = transport.make_sender(client, config.transport, config.timeout)
+        return cls(spec.name, spec.base_url, client, sender, limiter, key, secrets=(key,) if key else (),
+                   model=spec.model, price_model=spec.price_model, priority=spec.priority, key_env=spec.api_key_env)
+
+    def model_for(self, model: str) -> str:
+        """The model name this endpoint is sent for a request of `model`."""
+        return self.model or model
+
+    def priced_as(self, model: str) -> str:
+        """The price entry of a call here for a request of `model`."""
+        return self.price_model or self.model_for(model)
+
     def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        """What an answer with these token counts costs here (0 for a model without a price)."""
-        return pricing.cost_usd(model, prompt_tokens, completion_tokens, cached_tokens, batch=self.batch_prices)
+        """What an answer to a request of `model` with these token counts costs here (0 without a price)."""
+        return pricing.cost_usd(self.priced_as(model), prompt_tokens, completion_tokens, cached_tokens,
+                                batch=self.batch_prices)
 
     async def close(self) -> None:
         """Close the sender and the client."""

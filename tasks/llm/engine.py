@@ -13,16 +13,19 @@ How one online run works (`run_requests`):
   (other processes, workers or threads on the same database); the run looks at those again every
   `claim_poll_s` until they are answered or their owner is gone, so it ends with its plan done;
 - `concurrency` worker coroutines take requests from a bounded queue (memory stays flat);
-- each request goes to its endpoint (`endpoint_for`, `tasks/llm/endpoint.py`); each attempt waits
-  for the endpoint's rate limiter, is sent once (`tasks/llm/client.py`), and its row is
-  appended to the journal before the worker looks at anything else; retries use tenacity's
-  exponential backoff with full jitter on the retryable statuses (`schemas.generation`);
+- each attempt goes to an endpoint (`endpoint_for`: the run's one endpoint, or with an endpoints file
+  the one with the most headroom, `tasks/llm/pool.py`); it waits for that endpoint's rate limiter, is
+  sent once (`tasks/llm/client.py`), and its row (naming the endpoint) is appended to the journal before
+  the worker looks at anything else; retries use tenacity's exponential backoff with full jitter on the
+  retryable statuses (`schemas.generation`);
 - a background loop moves journal rows into `responses` a few seconds after the first answers,
   then every `flush_interval_s`, in one short transaction (off the event loop) and reports progress;
   the same transaction releases the claims of finished requests and renews the others' leases;
-- a circuit breaker stops the run (`EndpointUnreachable`) after `breaker_consecutive_failures`
-  connection failures or timeouts in a row, or when the first `breaker_first_attempts` attempts all
-  failed: a dead endpoint costs seconds, not hours. Every attempt made is stored.
+- each endpoint's circuit breaker cuts it out of the run after `breaker_consecutive_failures`
+  connection failures or timeouts in a row, or when its first `breaker_first_attempts` attempts all
+  failed, and a 401/403 cuts it out at once: its requests go to the other endpoints. The run stops
+  (`EndpointUnreachable`, `AuthenticationFailed`) when no endpoint is left: a dead endpoint costs
+  seconds, not hours. Every attempt made is stored.
 
 Why tenacity: it is the maintained retry library already in our dependencies; its
 `wait_random_exponential` is the "full jitter" backoff, and `retry_if_result` lets a classified
@@ -32,15 +35,16 @@ attempt (not an exception) decide whether to retry.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
-from schemas.generation import RETRYABLE_STATUSES, GenerateConfig, GenerateStats, LlmRequest
+from schemas.generation import RETRYABLE_STATUSES, EndpointCounts, GenerateConfig, GenerateStats, LlmRequest
 from schemas.settings import get_settings
 from schemas.tables import RunRow
 from tasks import store
@@ -48,6 +52,7 @@ from tasks.llm import client as llm_client
 from tasks.llm import parsers, pricing, wakeups
 from tasks.llm.budget import Budget, shared_budget
 from tasks.llm.endpoint import Endpoint
+from tasks.llm.pool import EndpointEntry, EndpointPool, load_endpoints
 from tasks.llm.ratelimit import LocalRateLimiter, RateLimiter
 from tasks.store import queries
 from tasks.store.journal import Journal, include_journal_rows, is_vanished_segment, owner_alive, replay_orphans
@@ -56,9 +61,10 @@ __all__ = ["AuthenticationFailed", "Budget", "EndpointUnreachable", "RunAborted"
            "send", "with_settings"]
 
 LOAD_CHUNK = 1000  # the default claim chunk (GenerateConfig.claim_chunk)
-# Statuses that say the endpoint was not reached (the circuit breaker counts them in a row).
-UNREACHABLE_STATUSES = frozenset({"connection_error", "timeout"})
-_STOPPED = "stopped"  # what `_attempt` returns once the breaker tripped: nothing was sent, nothing recorded
+_STOPPED = "stopped"  # what `_attempt` returns once every endpoint is out: nothing was sent, nothing recorded
+# what `_attempt` returns when its endpoint was cut out by that answer (a 401/403): tried again elsewhere
+_MOVED = "moved"
+_log = logging.getLogger("vistune.engine")
 PROGRESS_EVERY_S = 0.5
 FIRST_FLUSH_S = 5.0
 ProgressCallback = Callable[[GenerateStats], None]
@@ -70,7 +76,7 @@ def with_settings(config: GenerateConfig) -> GenerateConfig:
     updates: dict[str, Any] = {}
     if config.api_key is None and settings.openai_api_key is not None:
         updates["api_key"] = settings.openai_api_key
-    if config.base_url is None and settings.openai_base_url:
+    if config.base_url is None and settings.openai_base_url and config.endpoints_file is None:
         updates["base_url"] = settings.openai_base_url
     if not updates:
         return config
@@ -91,14 +97,24 @@ class AuthenticationFailed(RunAborted):
 
 
 class EndpointUnreachable(RunAborted):
-    """The circuit breaker tripped: the endpoint failed too many attempts in a row, or every first one."""
+    """The circuit breaker tripped (with an endpoints file: every endpoint's): too many failed attempts in a row,
+    or every first one."""
+
+
+@dataclass
+class _Tries:
+    """A request's attempts in this run: how many, and the endpoint where the last one failed."""
+
+    made: int = 0
+    failed_at: Endpoint | None = None
 
 
 class _Engine:
     """The state of one `run_requests` call."""
 
     def __init__(
-        self, db_path: Path, config: GenerateConfig, limiter: RateLimiter, run_id: str, budget: Budget
+        self, db_path: Path, config: GenerateConfig, limiter: RateLimiter, run_id: str, budget: Budget,
+        endpoints: Sequence[EndpointEntry] | None = None,
     ) -> None:
         self.db_path = db_path
         self.config = config
@@ -108,7 +124,11 @@ class _Engine:
         self.avg_completion = float(config.max_tokens)  # pessimistic until answers arrive
         self.answers = 0
         self._window: float | None = None  # the wake-up window in force (tasks/llm/wakeups.py); None: not set yet
-        self.endpoint = Endpoint.open(config, limiter)  # first: a bad endpoint config fails before any file exists
+        # first: a bad endpoint config fails before any file exists
+        self.pool = EndpointPool.open(config, limiter, endpoints)
+        if self.pool.several:  # every endpoint of the file is in the counts, also one that never got a call
+            for member in self.pool.members:
+                self.stats.by_endpoint[member.endpoint.name] = EndpointCounts()
         self.journal = Journal(db_path)
         self.owner = self.journal.owner  # claims are held in the journal owner's name (tasks/store/queries.py)
         self._claimed: set[str] = set()  # claimed by this engine and not finished
@@ -116,30 +136,30 @@ class _Engine:
         self._lost: set[str] = set()  # claims another engine took over (this one outlived its lease)
         self._renewed = time.monotonic()
         self._claiming: asyncio.Future | None = None  # the claim transaction in progress, if any
-        # circuit breaker
-        self._unreachable_in_a_row = 0
-        self._first_failures: Counter[str] = Counter()  # statuses of the failed attempts before the first ok
-        self._seen_ok = False
-        self._tripped: EndpointUnreachable | None = None
+        self._tripped: EndpointUnreachable | None = None  # every endpoint is out: nothing more is sent
         self.retrying = AsyncRetrying(
             stop=stop_after_attempt(config.max_attempts),
             wait=wait_random_exponential(multiplier=config.backoff_base_s, max=config.backoff_max_s),
-            retry=retry_if_result(lambda status: status in RETRYABLE_STATUSES),
+            retry=retry_if_result(lambda status: status in RETRYABLE_STATUSES or status == _MOVED),
             retry_error_callback=lambda state: state.outcome.result(),
         )
 
-    def endpoint_for(self, request: LlmRequest) -> Endpoint:
-        """Where `request` is sent: the one default endpoint for now (the seam for endpoint pools)."""
-        return self.endpoint
+    def endpoint_for(self, request: LlmRequest, avoid: Endpoint | None = None) -> Endpoint | None:
+        """Where the next attempt at `request` goes: the live endpoint with the most headroom (None: none is left).
+
+        `avoid`, where its last attempt failed, is skipped while another endpoint is live.
+        """
+        tokens = request.est_input_tokens + int(request.params.get("max_tokens") or 0)
+        return self.pool.choose(tokens, avoid)
 
     def _size_wakeup_window(self) -> None:
         # Batch the loop's wake-ups while requests flow: sized by the rate limit in force (it may be
-        # learned from headers) and the concurrency, which must cover what the batching holds back.
+        # learned from headers; with several endpoints, theirs together) and the concurrency, which must
+        # cover what the batching holds back.
         if self.config.wakeup_window_ms is not None:
             self._set_window(self.config.wakeup_window_ms / 1000)
         else:
-            rpm = getattr(self.endpoint.limiter, "rpm", None)
-            self._set_window(wakeups.window_for_rate(rpm, self.config.concurrency))
+            self._set_window(wakeups.window_for_rate(self.pool.rpm, self.config.concurrency))
 
     def _set_window(self, window: float) -> None:
         if window != self._window:
@@ -160,53 +180,85 @@ class _Engine:
         self.journal.append(row)
         self.stats.add_response(row)
 
-    def _breaker(self, status: str, error: str | None) -> None:
-        # Count the attempt; trip when the endpoint looks dead (see the module docstring).
-        if self._tripped is not None:
+    def _breaker(self, endpoint: Endpoint, status: str, error: str | None) -> None:
+        # Count the attempt on its endpoint's breaker; cut the endpoint out when it looks dead.
+        member = self.pool.member(endpoint)
+        if member.out is not None or self._tripped is not None:
             return
-        self._unreachable_in_a_row = self._unreachable_in_a_row + 1 if status in UNREACHABLE_STATUSES else 0
-        if status == "ok":
-            self._seen_ok = True
-        elif status != "rate_limited" and not self._seen_ok:
-            self._first_failures[status] += 1
-        where = self.config.base_url or "api.openai.com"
-        if self._unreachable_in_a_row >= self.config.breaker_consecutive_failures:
-            what = f"{self._unreachable_in_a_row} attempts in a row could not reach {where}"
-        elif not self._seen_ok and self._first_failures.total() >= self.config.breaker_first_attempts:
-            counts = ", ".join(f"{s}={n}" for s, n in sorted(self._first_failures.items()))
-            what = f"the first {self._first_failures.total()} attempts at {where} all failed ({counts})"
-        else:
-            return
-        self._tripped = EndpointUnreachable(
-            f"stopped: {what}; last error: {error or status}. Nothing more is sent; every attempt is stored, "
-            "and a rerun sends only what has no good answer. Check --base-url / OPENAI_BASE_URL and that the "
-            "endpoint is up."
-        )
+        what = member.breaker.count(status, self.config, endpoint.base_url or "api.openai.com")
+        if what is not None:
+            self._cut_out(endpoint, f"{what}; last error: {error or status}")
 
-    async def _attempt(self, request: LlmRequest, counter: list[int]) -> str:
-        if self._tripped is not None:  # the breaker tripped: send nothing more (calls in flight still finish)
-            return _STOPPED
-        endpoint = self.endpoint_for(request)
-        counter[0] += 1
-        estimate = endpoint.cost_usd(request.model, request.est_input_tokens, int(self.avg_completion))
-        if not self.budget.try_reserve(estimate):
-            self._record(request.request_id, counter[0], "budget_exceeded",
-                         error=f"not sent: --max-cost-usd {self.config.max_cost_usd} reached")
-            return "budget_exceeded"
+    def _cut_out(self, endpoint: Endpoint, reason: str, *, auth: bool = False) -> None:
+        # Take `endpoint` out of the run: its requests go to the others. With none left the run stops
+        # (a rejected key at once, a dead endpoint once the calls in flight are stored).
+        member = self.pool.member(endpoint)
+        if member.out is not None:
+            return
+        member.out = reason
+        self.stats.by_endpoint.setdefault(endpoint.name, EndpointCounts()).cut_out = reason
+        left = self.pool.live
+        if left:
+            _log.warning("endpoint %r (%s) is cut out of the run: %s. Its requests go to the %d other endpoint(s): %s",
+                         endpoint.name, endpoint.base_url or "api.openai.com", reason, len(left),
+                         ", ".join(m.endpoint.name for m in left))
+            return
+        done = "Nothing more is sent; every attempt is stored, and a rerun sends only what has no good answer."
+        if self.pool.several:
+            outs = "; ".join(f"{m.endpoint.name}: {m.out}" for m in self.pool.members)
+            text = f"stopped: every endpoint is out of the run ({outs}). {done} Check the endpoints in " \
+                   f"{self.pool.source}, their key variables, and that they are up."
+        elif auth:
+            text = f"{reason}. Check OPENAI_API_KEY / --base-url; nothing else was sent after this."
+        else:
+            text = f"stopped: {reason}. {done} Check --base-url / OPENAI_BASE_URL and that the endpoint is up."
+        if auth:
+            raise AuthenticationFailed(text)
+        self._tripped = EndpointUnreachable(text)
+
+    async def _attempt(self, request: LlmRequest, tries: _Tries) -> str:
+        while True:
+            if self._tripped is not None:  # every endpoint is out: send nothing more (calls in flight still finish)
+                return _STOPPED
+            endpoint = self.endpoint_for(request, tries.failed_at)
+            if endpoint is None:
+                return _STOPPED
+            member = self.pool.member(endpoint)
+            estimate = endpoint.cost_usd(request.model, request.est_input_tokens, int(self.avg_completion))
+            if not self.budget.try_reserve(estimate):
+                tries.made += 1
+                self._record(request.request_id, tries.made, "budget_exceeded", endpoint=endpoint.name,
+                             error=f"not sent: --max-cost-usd {self.config.max_cost_usd} reached")
+                return "budget_exceeded"
+            member.waiting += 1
+            try:
+                await endpoint.limiter.acquire(1, request.est_input_tokens + int(request.params.get("max_tokens") or 0))
+            except BaseException:
+                self.budget.settle(estimate, 0.0)
+                raise
+            finally:
+                member.waiting -= 1
+            if member.out is None:
+                break
+            self.budget.settle(estimate, 0.0)  # cut out while this request waited for it: nothing sent, choose again
+        tries.made += 1
+        member.in_flight += 1
         try:
-            await endpoint.limiter.acquire(1, request.est_input_tokens + int(request.params.get("max_tokens") or 0))
-            result = await llm_client.attempt(endpoint.sender, request, api_key=endpoint.api_key,
+            sent = request if endpoint.model is None else request._replace(model=endpoint.model_for(request.model))
+            result = await llm_client.attempt(endpoint.sender, sent, api_key=endpoint.api_key,
                                              secrets=endpoint.secrets)
         except BaseException:
             self.budget.settle(estimate, 0.0)
             raise
+        finally:
+            member.in_flight -= 1
         cost = endpoint.cost_usd(request.model, result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         self.budget.settle(estimate, cost)
         self._record(
-            request.request_id, counter[0], result.status, http_status=result.http_status, content=result.content,
+            request.request_id, tries.made, result.status, http_status=result.http_status, content=result.content,
             finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens, cached_tokens=result.cached_tokens, cost_usd=cost,
-            latency_s=round(result.latency_s, 4), error=result.error,
+            latency_s=round(result.latency_s, 4), error=result.error, endpoint=endpoint.name,
         )
         if result.completion_tokens:  # the budget's estimate of an answer: the mean so far
             self.answers += 1
@@ -216,14 +268,18 @@ class _Engine:
             self._size_wakeup_window()
         if result.status == "rate_limited":
             endpoint.limiter.penalize(result.retry_after_s if result.retry_after_s is not None else 1.0)
-        if result.http_status in (401, 403):  # every other request would fail the same way
+        if result.status != "ok":
+            tries.failed_at = endpoint
+        if result.http_status in (401, 403):  # every other request would fail the same way there
             code = f"HTTP {result.http_status}"
             error = result.error or code
-            raise AuthenticationFailed(  # the client's error text starts with "HTTP 401: " already: say it once
-                f"the API refused the key ({error if error.startswith(code) else f'{code}: {error}'}). "
-                "Check OPENAI_API_KEY / --base-url; nothing else was sent after this."
-            )
-        self._breaker(result.status, result.error)
+            # the client's error text starts with "HTTP 401: " already: say it once
+            refused = f"the API refused the key ({error if error.startswith(code) else f'{code}: {error}'})"
+            if endpoint.key_env:
+                refused += f" of {endpoint.key_env}"
+            self._cut_out(endpoint, refused, auth=True)  # raises AuthenticationFailed when no endpoint is left
+            return _MOVED
+        self._breaker(endpoint, result.status, result.error)
         return result.status
 
     async def _one(self, request: LlmRequest) -> None:
@@ -233,10 +289,11 @@ class _Engine:
             self._claimed.discard(rid)
             self.stats.taken_over += 1
             return
-        counter = [0]
-        status = await self.retrying(self._attempt, request, counter)
+        status = await self.retrying(self._attempt, request, _Tries())
         if status == _STOPPED:  # not finished: its claim goes with the others when the run ends
             return
+        if status == _MOVED:  # its last attempt was refused by a key that was then cut out
+            status = "client_error"
         self._claimed.discard(rid)
         self._finished.append(rid)  # after its last row is journaled: the next flush stores it, then releases it
         self.stats.final_by_status[status] = self.stats.final_by_status.get(status, 0) + 1
@@ -371,7 +428,7 @@ class _Engine:
                 await self._flush(release_all=True)  # every row stored, then every claim of this engine freed
             finally:
                 await asyncio.to_thread(self.journal.close)
-                await self.endpoint.close()
+                await self.pool.close()
         self.stats.wall_s = time.monotonic() - started
         if on_progress is not None:
             on_progress(self.stats.model_copy(deep=True))
@@ -388,12 +445,16 @@ def budget_id_of(config: GenerateConfig, run_id: str) -> str:
     return config.budget_id or run_id
 
 
-def start_run(db_path: Path, config: GenerateConfig, run_id: str) -> RunRow:
+def start_run(
+    db_path: Path, config: GenerateConfig, run_id: str, endpoints: Sequence[EndpointEntry] | None = None
+) -> RunRow:
     """Write the `runs` row of a starting generation run (online or batch) and return it."""
     # Never the API key, nor credentials of the URL (GenerateConfig keeps them out of `base_url`): runs
     # rows are readable by anyone with the database. The budget id is always filled in: it is how
-    # later runs find the money this one spent.
+    # later runs find the money this one spent. The endpoints of a file as read (key variable names only).
     params = config.model_dump(mode="json", exclude={"api_key"}) | {"budget_id": budget_id_of(config, run_id)}
+    if endpoints:
+        params["endpoints"] = [e.spec.model_dump(mode="json", exclude_none=True) for e in endpoints]
     run = RunRow(run_id=run_id, kind="generate", started_at=store.utcnow(), params=params)
     _write_run(db_path, run)
     return run
@@ -407,10 +468,16 @@ def finish_run(db_path: Path, run: RunRow, stats: GenerateStats | None) -> None:
     _write_run(db_path, run)
 
 
-def check_budget_model(config: GenerateConfig) -> None:
-    """A cap needs a price for the model: refuse before anything is sent."""
-    if config.max_cost_usd is not None and not pricing.known(config.model):
-        raise ValueError(f"--max-cost-usd needs a price for model {config.model!r}: add it to {pricing.PRICES_FILE}")
+def check_budget_model(config: GenerateConfig, endpoints: Sequence[EndpointEntry] | None = None) -> None:
+    """A cap needs a price for the model (for each endpoint's model): refuse before anything is sent."""
+    if config.max_cost_usd is None:
+        return
+    for entry in endpoints or [None]:
+        model = config.model if entry is None else entry.spec.price_model or entry.spec.model or config.model
+        if not pricing.known(model):
+            where = "" if entry is None else f" (endpoint {entry.spec.name!r}: set its price_model or add the model)"
+            raise ValueError(f"--max-cost-usd needs a price for model {model!r}{where}: "
+                             f"add it to {pricing.PRICES_FILE}")
 
 
 def new_run_id() -> str:
@@ -433,20 +500,25 @@ async def run_requests(
     """Send every request among `request_ids` that lacks an `ok` response online; returns the run's counts.
 
     `limiter` is any `RateLimiter` (default: an in-process one from `config.rpm`/`config.tpm`,
-    learning from headers). `on_progress` gets a stats snapshot at most every 0.5 s. Requests other
+    learning from headers). With `config.endpoints_file` each endpoint has its own limiter: a bucket of
+    `limiter` when it offers `for_endpoint` (`SharedRateLimiter`), else an in-process one.
+    `on_progress` gets a stats snapshot at most every 0.5 s. Requests other
     engines hold are waited for, not sent (`claim`). Raises `RunAborted` (`AuthenticationFailed`,
     `EndpointUnreachable`) when sending more is pointless; the run is then marked failed.
     """
     db = store.resolve_db(options.get("db_path"))
-    check_budget_model(config)
+    # an endpoints file is read (and its key variables looked up) where the run runs: a Prefect worker's environment
+    endpoints = load_endpoints(config.endpoints_file) if config.endpoints_file else None
+    check_budget_model(config, endpoints)
     run_id = options.get("run_id") or new_run_id()
     limiter = options.get("limiter") or LocalRateLimiter(config.rpm, config.tpm)
     await asyncio.to_thread(replay_orphans, db)
-    run = await asyncio.to_thread(start_run, db, config, run_id)
+    run = await asyncio.to_thread(start_run, db, config, run_id, endpoints)
     stats: GenerateStats | None = None
     try:
         with shared_budget(db, budget_id_of(config, run_id), config.max_cost_usd) as budget:
-            stats = await _Engine(db, config, limiter, run_id, budget).run(request_ids, options.get("on_progress"))
+            engine = _Engine(db, config, limiter, run_id, budget, endpoints)
+            stats = await engine.run(request_ids, options.get("on_progress"))
     finally:
         await asyncio.to_thread(finish_run, db, run, stats)
     return stats

@@ -7,12 +7,14 @@ each image part by the provider's tile formula with the model's figures from `pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.samples import SAMPLE_TYPES
 from tasks import store
 from tasks.llm import pricing
+from tasks.llm.pool import EndpointEntry
 from tasks.prompting.plan import PlanResult
 
 # Expected completion tokens per sample type while the database has no answers to learn from.
@@ -30,6 +32,16 @@ class Estimate:
     batch_usd: float | None
     output_source: str  # "observed" (mean of stored ok answers) or "default"
     images_unavailable: int = 0  # image-grounded sets: images skipped, their file missing or unreadable
+
+
+def priced_models() -> list[str]:
+    """Every model of the price table, in its order (`vistune estimate --recipe` prices each)."""
+    return list(pricing._table()[0])
+
+
+def batch_discount() -> float:
+    """What the Batch API charges, as a fraction of the online price."""
+    return pricing._table()[1]
 
 
 def expected_output_tokens(db_path: str | Path | None, model: str) -> tuple[dict[str, float], str]:
@@ -57,3 +69,31 @@ def estimate(plan: PlanResult, model: str, db_path: str | Path | None = None) ->
         online = pricing.cost_usd(model, plan.est_input_tokens, output)
         batch = pricing.cost_usd(model, plan.est_input_tokens, output, batch=True)
     return Estimate(plan.pending, plan.est_input_tokens, output, online, batch, source, plan.images_unavailable)
+
+
+@dataclass
+class EndpointCost:
+    """What the whole plan would cost online at one endpoint of an endpoints file."""
+
+    name: str
+    priced_as: str
+    rpm: float
+    usd: float | None  # None: no price for `priced_as`
+
+
+def endpoint_costs(est: Estimate, endpoints: Sequence[EndpointEntry], model: str) -> list[EndpointCost]:
+    """The plan's online cost at each endpoint, as if it took every request (its own model's prices)."""
+    out = []
+    for entry in endpoints:
+        priced_as = entry.spec.price_model or entry.spec.model or model
+        usd = pricing.cost_usd(priced_as, est.input_tokens, est.output_tokens) if pricing.known(priced_as) else None
+        out.append(EndpointCost(entry.spec.name, priced_as, entry.spec.rpm, usd))
+    return out
+
+
+def split_usd(costs: Sequence[EndpointCost]) -> float | None:
+    """The plan's cost when each endpoint takes its rpm's share of the requests (a run at full load); None: unpriced."""
+    if any(c.usd is None for c in costs):
+        return None
+    total_rpm = sum(c.rpm for c in costs)
+    return sum(c.usd * c.rpm / total_rpm for c in costs)  # type: ignore[operator]

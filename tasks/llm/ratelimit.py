@@ -127,6 +127,21 @@ class LocalRateLimiter:
         if self._tokens is not None and tokens > 0:
             await self._tokens.acquire(min(tokens, self._tokens.max_rate))
 
+    def wait_estimate_s(self, tokens: int = 0) -> float:
+        """About how long one more request with `tokens` would wait here now (0: it could go at once).
+
+        Callers already waiting are not counted (the caller knows its own); a request whose permit is not there
+        yet counts one permit's refill time. Used to route requests between endpoints (`tasks/llm/pool.py`).
+        """
+        wait = max(0.0, self._resume_at - time.monotonic())
+        if self._requests is not None and not self._requests.has_capacity(1):
+            wait = max(wait, self._requests.time_period / self._requests.max_rate)
+        if self._tokens is not None and tokens > 0:
+            need = min(tokens, self._tokens.max_rate)
+            if not self._tokens.has_capacity(need):
+                wait = max(wait, 60.0 * need / self._tokens.max_rate)
+        return wait
+
     def penalize(self, retry_after_s: float) -> None:
         """Pause every caller of `acquire` for `retry_after_s` seconds."""
         self.penalties += 1

@@ -97,6 +97,25 @@ class SharedRateLimiter:
         if self.tpm is None and (value := _number(lowered.get("x-ratelimit-limit-tokens"))):
             self.tpm = value
 
+    def for_endpoint(self, key: str, *, rpm: float | None, tpm: float | None) -> SharedRateLimiter:
+        """The bucket of one endpoint of an endpoints file (`key` names it), in the same file (`tasks/llm/pool.py`)."""
+        return SharedRateLimiter(self.path, rpm=rpm, tpm=tpm, name=f"endpoint:{key}", burst_s=self.burst_s)
+
+    def wait_estimate_s(self, tokens: int = 0) -> float:
+        """About how long one more request with `tokens` would wait now, all processes counted (0: at once).
+
+        A read, nothing taken: used to route requests between endpoints.
+        """
+        con = self._transaction().con
+        row = con.execute("SELECT requests, tokens, updated, paused_until FROM bucket WHERE name = ?",
+                          (self.name,)).fetchone()
+        have_req, have_tok, updated, paused_until = row
+        now = time.time()
+        elapsed = max(0.0, now - updated)
+        return max(paused_until - now,
+                   self._shortfall_s(self._refill(have_req, elapsed, self.rpm), 1, self.rpm),
+                   self._shortfall_s(self._refill(have_tok, elapsed, self.tpm), tokens, self.tpm), 0.0)
+
     # ------------------------------------------------------------------ the bucket
     def try_acquire(self, requests: int = 1, tokens: int = 0) -> float:
         """Take the permits if they are there and return 0, else return the seconds to wait first."""
