@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -17,6 +17,7 @@ from flows.cli import app
 from flows.cli.output import make_console
 from schemas.flow_params import GenerateParams
 from schemas.generation import GenerateStats
+from schemas.recipes import SampleMix
 from schemas.samples import SAMPLE_TYPES
 from schemas.settings import get_settings
 from tasks import store
@@ -67,8 +68,20 @@ MaxRegenerationsOption = Annotated[
     typer.Option(help="Ask again for a rejected answer at most this often, in further rounds "
                       "(default: $VISTUNE_MAX_REGENERATIONS or 2)"),
 ]
+MixOption = Annotated[
+    str | None,
+    typer.Option("--mix", help="Images per sample type, counts or fractions of the images: e.g. conversation=58000,"
+                               "detail_description=23000,complex_reasoning=77000 or conversation=0.7,... (seed=N "
+                               "draws other images); default: every type for every image"),
+]
 BaseUrlOption = Annotated[
     str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
+]
+EndpointsOption = Annotated[
+    Path | None,
+    typer.Option("--endpoints", help="TOML file of several endpoints used together, each with its URL, key variable, "
+                                     "model, rpm and tpm (docs/GENERATION.md, 'Several endpoints'); replaces "
+                                     "--base-url/--rpm/--tpm"),
 ]
 
 
@@ -78,6 +91,16 @@ def _types(text: str) -> list[str]:
     if unknown:
         raise typer.BadParameter(f"unknown sample type(s) {unknown}; choose from {', '.join(SAMPLE_TYPES)}")
     return names
+
+
+def parse_mix(text: str | None) -> SampleMix | None:
+    """`--mix` as a `SampleMix`; a bad one raises `ValueError` with the first problem only (one line)."""
+    if text is None:
+        return None
+    try:
+        return SampleMix.model_validate(text)
+    except ValidationError as exc:
+        raise ValueError(f"--mix {text}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def _usd(value: float | None) -> str:
@@ -92,16 +115,36 @@ def estimate_command(
     output_format: FormatOption = default("output_format"),
     max_tokens: MaxTokensOption = default("max_tokens"),
     prompt_set: PromptSetOption = None,
+    mix: MixOption = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", help="Price a recipe (vistune recipe list) for every model of prices.toml, from "
+                                      "the image count it states: no COCO download needed"),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="With --recipe: override a field, e.g. mix.conversation=500"),
+    ] = None,
+    images: Annotated[
+        int | None, typer.Option("--images", min=1, help="With --recipe: price this many images instead")
+    ] = None,
+    endpoints: EndpointsOption = None,
     db: DbOption = None,
 ) -> None:
     """Requests, tokens and cost (online vs batch) of what `generate` would send. Sends nothing, writes nothing."""
     from tasks.llm.estimate import estimate  # imported here: `vistune sql` & co. need not load the engine
     from tasks.prompting.plan import plan_requests
 
+    if recipe is not None:
+        from flows.cli.recipe import print_recipe_estimate
+
+        print_recipe_estimate(recipe, overrides, images, store.resolve_db(db))
+        return
     model = model or get_settings().model
     try:
         plan = plan_requests(db, sample_types=_types(types), model=model, output_format=output_format,
-                             limit_images=limit, max_tokens=max_tokens, dry_run=True, prompt_set=prompt_set)
+                             limit_images=limit, max_tokens=max_tokens, dry_run=True, prompt_set=prompt_set,
+                             mix=parse_mix(mix))
     except (ValueError, FileNotFoundError) as exc:  # a broken prompt set, a format it does not offer, no database
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
@@ -117,7 +160,44 @@ def estimate_command(
     table.add_row(f"output tokens ({est.output_source} means)", f"{est.output_tokens:,}")
     table.add_row("cost online", _usd(est.online_usd))
     table.add_row("cost with --mode batch", _usd(est.batch_usd))
+    if endpoints is not None:
+        _endpoint_estimate(table, est, endpoints, model)
     console.print(table)
+
+
+def _endpoint_estimate(table: Table, est: Any, endpoints: Path, model: str) -> None:
+    # Each endpoint prices by its own model; a run at full load gives each its rpm's share of the requests.
+    from tasks.llm.estimate import endpoint_costs, split_usd
+    from tasks.llm.pool import load_endpoints
+
+    try:
+        costs = endpoint_costs(est, load_endpoints(endpoints, keys=False), model)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    for cost in costs:
+        table.add_row(f"cost online, all at {cost.name} ({cost.priced_as})", _usd(cost.usd))
+    table.add_row("cost online, shared by rpm", _usd(split_usd(costs)))
+
+
+def _message(exc: Exception) -> str:
+    # A config that does not validate says what is wrong, without pydantic's report around it.
+    if isinstance(exc, ValidationError):
+        return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+    return str(exc)
+
+
+def _endpoints_table(stats: GenerateStats) -> Table:
+    """What each endpoint of an endpoints file did in the run (`GenerateStats.by_endpoint`)."""
+    table = Table(title="endpoints")
+    for name in ("endpoint", "calls", "ok", "cost", "share of ok"):
+        table.add_column(name, justify="left" if name == "endpoint" else "right")
+    table.add_column("cut out")
+    all_ok = sum(c.ok for c in stats.by_endpoint.values()) or 1
+    for name, counts in sorted(stats.by_endpoint.items()):
+        table.add_row(name, f"{counts.attempts:,}", f"{counts.ok:,}", f"${counts.cost_usd:,.4f}",
+                      f"{counts.ok / all_ok:.0%}", escape(counts.cut_out or ""))
+    return table
 
 
 def _progress_printer(progress: Progress, task_id: TaskID) -> Callable[[GenerateStats], None]:
@@ -141,6 +221,7 @@ def generate_command(
     model: ModelOption = None,
     output_format: FormatOption = default("output_format"),
     prompt_set: PromptSetOption = None,
+    mix: MixOption = None,
     mode: ModeOption = default("mode"),
     concurrency: ConcurrencyOption = default("concurrency"),
     rpm: RpmOption = None,
@@ -154,6 +235,7 @@ def generate_command(
     max_tokens: MaxTokensOption = default("max_tokens"),
     max_regenerations: MaxRegenerationsOption = None,
     base_url: BaseUrlOption = None,
+    endpoints: EndpointsOption = None,
     flush_interval: Annotated[
         float,
         typer.Option(help="Seconds between moves of answers from the journal into DuckDB, where the duckdb CLI "
@@ -185,7 +267,8 @@ def generate_command(
             max_cost_usd=max_cost_usd, timeout_s=timeout, transport=transport, wakeup_window_ms=wakeup_window_ms,
             max_attempts=max_attempts, temperature=temperature, max_tokens=max_tokens,
             max_regenerations=max_regenerations, sample_types=_types(types), limit_images=limit,
-            flush_interval_s=flush_interval, prompt_set=prompt_set,
+            flush_interval_s=flush_interval, prompt_set=prompt_set, mix=parse_mix(mix),
+            endpoints_file=str(endpoints.resolve()) if endpoints else None,  # a deployment's worker may run elsewhere
         )
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
@@ -200,8 +283,8 @@ def generate_command(
         try:
             ctx = pipeline.Context(db=store.resolve_db(db), runner=runner, base_url=secret_url)
             stats = pipeline.Generate.run(ctx, params)
-        except (ValueError, RunAborted) as exc:  # a rejected key, a dead endpoint
-            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        except (ValueError, RunAborted) as exc:  # a rejected key, a dead endpoint, a bad endpoints file
+            err_console.print(f"[red]error:[/red] {escape(_message(exc))}", highlight=False)
             raise typer.Exit(2) from None
     table = Table(title=f"generate: {params.model} ({params.mode}, {params.output_format})")
     table.add_column("")
@@ -215,6 +298,8 @@ def generate_command(
         if status != "ok":
             table.add_row(f"final {status}", f"{n:,}")
     console.print(table)
+    if params.endpoints_file:
+        console.print(_endpoints_table(stats))
     console.print(f"database: {store.resolve_db(db)}", markup=False, highlight=False)
     if stats.failed:
         err_console.print(f"[yellow]{stats.failed} request(s) ended without a good response; rerun to retry them. "

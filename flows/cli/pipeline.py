@@ -14,11 +14,13 @@ from flows.cli import app
 from flows.cli.generate import (
     BaseUrlOption,
     ConcurrencyOption,
+    EndpointsOption,
     FormatOption,
     MaxAttemptsOption,
     MaxCostOption,
     MaxRegenerationsOption,
     MaxTokensOption,
+    MixOption,
     ModelOption,
     ModeOption,
     PromptSetOption,
@@ -26,6 +28,7 @@ from flows.cli.generate import (
     TimeoutOption,
     TransportOption,
     default,
+    parse_mix,
 )
 from flows.cli.output import make_console
 from schemas.flow_params import (
@@ -72,8 +75,28 @@ class ProgressBar:
         self.progress.update(self.task_id, total=total, completed=done, detail=detail)
 
 
+# `vistune run` flag -> the GenerateParams field it sets (with --recipe, only the flags given replace the recipe's).
+_GENERATE_FLAGS = {
+    "types": "sample_types", "limit": "limit_images", "model": "model", "output_format": "output_format",
+    "mode": "mode", "base_url": "base_url", "concurrency": "concurrency", "rpm": "rpm", "tpm": "tpm",
+    "max_cost_usd": "max_cost_usd", "timeout": "timeout_s", "transport": "transport", "max_attempts": "max_attempts",
+    "temperature": "temperature", "max_tokens": "max_tokens", "max_regenerations": "max_regenerations",
+    "prompt_set": "prompt_set", "shard_size": "shard_size", "max_workers": "max_workers",
+    "task_runner": "task_runner", "mix": "mix", "endpoints": "endpoints_file",
+}
+
+
+def flags_given(ctx: typer.Context) -> set[str]:
+    """The options typed on the command line (not left at their default)."""
+    # By the source's name: typer vendors its own click, whose ParameterSource is not click's.
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return {name for name, source in sources.items()
+            if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
 @app.command("run")
 def run_command(
+    ctx: typer.Context,
     coco: Annotated[Path, typer.Option("--coco", help="COCO root (default: the bundled sample)")] = Path(SAMPLE_COCO),
     split: Annotated[list[str] | None, typer.Option("--split", help="split(s); default: every split found")] = None,
     types: Annotated[list[str] | None, typer.Option("--types", help="sample types; default: all three")] = None,
@@ -82,6 +105,7 @@ def run_command(
     output_format: FormatOption = default("output_format"),
     mode: ModeOption = default("mode"),
     base_url: BaseUrlOption = None,
+    endpoints: EndpointsOption = None,
     concurrency: ConcurrencyOption = default("concurrency"),
     rpm: Annotated[float | None, typer.Option("--rpm", help="requests/minute, all workers together")] = None,
     tpm: Annotated[float | None, typer.Option("--tpm", help="tokens/minute, all workers together")] = None,
@@ -93,7 +117,19 @@ def run_command(
     max_tokens: MaxTokensOption = default("max_tokens"),
     max_regenerations: MaxRegenerationsOption = None,
     prompt_set: PromptSetOption = None,
-    shard_size: Annotated[int, typer.Option("--shard-size", help="requests per Prefect task")] = default("shard_size"),
+    mix: MixOption = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", help="Start from a recipe (vistune recipe list); any flag given replaces its value"),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="With --recipe: override a recipe field, e.g. "
+                                                        "mix.conversation=500 or coco.split=train2017"),
+    ] = None,
+    shard_size: Annotated[int | None, typer.Option(
+        "--shard-size", help="requests per Prefect task (default: from the plan and --max-workers)"
+    )] = default("shard_size"),
     max_workers: Annotated[int, typer.Option("--max-workers", help="shards at once")] = default("max_workers"),
     task_runner: Annotated[str, typer.Option("--task-runner", help="threads | dask")] = default("task_runner"),
     export_dir: Annotated[
@@ -102,30 +138,50 @@ def run_command(
     train_config: Annotated[Path | None, typer.Option("--train-config", help="also train with this config")] = None,
     db: DbOption = None,
 ) -> None:
-    """Run the whole pipeline as a Prefect flow (on PREFECT_API_URL's server, else a temporary local one)."""
+    """Run the whole pipeline as a Prefect flow (on PREFECT_API_URL's server, else a temporary local one).
+
+    With --recipe NAME the recipe's settings apply (`vistune recipe show NAME`); flags given and --set override them.
+    """
     from flows.pipeline import pipeline_flow
     from flows.progress import add_listener
     from schemas.settings import get_settings
 
+    given = flags_given(ctx) if recipe else set(ctx.params)  # without a recipe every flag counts, defaults too
+    flags = {**ctx.params, "types": types or default("sample_types"),
+             "endpoints": str(endpoints) if endpoints else None}
+    values: dict = {"ingest": {}, "generate": {}, "curate": {}}
+    if recipe:
+        from flows.cli.recipe import load_or_exit
+        from tasks.recipes import pipeline_values
+
+        values = pipeline_values(load_or_exit(recipe, overrides))
+    elif overrides:
+        raise typer.BadParameter("--set overrides a recipe's field: give --recipe NAME too", param_hint="--set")
+    if "coco" in given or "coco_dir" not in values["ingest"]:
+        coco = coco if "coco" in given else Path(SAMPLE_COCO)
+    else:
+        coco = Path(values["ingest"]["coco_dir"])
     if not coco.is_dir():  # before a Prefect server is started for nothing
         raise typer.BadParameter(f"{coco} is not a folder", param_hint="--coco")
     db_path = str(store.resolve_db(db))
     try:
-        generate = GenerateParams(
-            db_path=db_path, sample_types=types or default("sample_types"), limit_images=limit,
-            model=model or get_settings().model, output_format=output_format, mode=mode, base_url=base_url,
-            concurrency=concurrency, rpm=rpm, tpm=tpm, max_cost_usd=max_cost_usd, timeout_s=timeout,
-            transport=transport, max_attempts=max_attempts, temperature=temperature, max_tokens=max_tokens,
-            max_regenerations=max_regenerations, prompt_set=prompt_set, shard_size=shard_size,
-            max_workers=max_workers, task_runner=task_runner,
-        )
+        generate_values = {**values["generate"], **{field: flags[flag] for flag, field in _GENERATE_FLAGS.items()
+                                                    if flag in given}}
+        generate_values["mix"] = parse_mix(mix) if "mix" in given else generate_values.get("mix")
+        generate_values["model"] = generate_values.get("model") or get_settings().model
+        generate = GenerateParams(db_path=db_path, **generate_values)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    splits = split if "split" in given and split else values["ingest"].get("splits") or splits_of(coco)
+    curate = {**values["curate"], **({"export_dir": str(export_dir)} if "export_dir" in given else {})}
+    export_dir = Path(curate.setdefault("export_dir", str(export_dir)))
+    train = TrainParams(config=str(train_config)) if train_config else values.get("train")
     params = PipelineParams(
-        ingest=IngestParams(coco_dir=str(coco), splits=split or splits_of(coco), db_path=db_path),
+        recipe=recipe,
+        ingest=IngestParams(coco_dir=str(coco), splits=splits, db_path=db_path),
         generate=generate,
-        curate=CurateParams(db_path=db_path, export_dir=str(export_dir)),
-        train=TrainParams(config=str(train_config)) if train_config else None,
+        curate=CurateParams(db_path=db_path, **curate),
+        train=train,
     )
     bar = ProgressBar()
     remove = add_listener(bar)
@@ -187,8 +243,9 @@ def status_command(db: DbOption = None) -> None:
 
 @app.command("demo")
 def demo_command(
-    coco: Annotated[Path, typer.Option("--coco", help="COCO root (default: the bundled 4-image sample)")] = Path(
-        SAMPLE_COCO),
+    coco: Annotated[
+        Path | None, typer.Option("--coco", help="COCO root (default: the demo recipe's, the bundled 4-image sample)")
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Folder for the demo's database, dataset and model (default: the default "
