@@ -1,7 +1,11 @@
 """`vistune demo`: the whole DAG on the bundled sample (or any COCO folder) in a few minutes on a CPU.
 
-Ingest -> generate (against the simulator when no endpoint is configured) -> validate -> dedup ->
-export -> report -> stage-1 and stage-2 training of a tiny random model.
+`tasks.pipeline.STEPS`: ingest -> generate (against the simulator when no endpoint is configured) -> eval-set
+(one image held out as the eval set `demo`: questions and reference answers from the LLM) -> validate -> dedup ->
+export (without that image) -> report -> stage-1 and stage-2 training of a tiny random model -> evaluate (the
+tiny model answers with `python -m training infer`, the LLM judges) -> the demo prints the relative score.
+Its settings are the `demo` recipe's (`tasks/recipes/demo.toml`, `vistune recipe show demo`); the flags of
+`vistune demo` and where it writes (below) are laid over them. `vistune run --recipe demo` runs the same steps.
 
 Without `--out` the demo writes where every other command reads: the database `VISTUNE_DB` (default
 `data/vistune.duckdb`), the dataset and report in `data/export/` (`vistune curate`'s default), and the
@@ -9,11 +13,12 @@ tiny model under `data/demo/`; so the README's `vistune sql` and `vistune status
 it. It refuses to add its sample to a database that holds images from another COCO folder. With `--out
 DIR` everything goes under DIR (`DIR/vistune.duckdb`, `DIR/export`, `DIR/train`).
 
-By default the demo runs the pipeline's steps (`tasks.pipeline`) in this process, the same steps the
+By default the demo runs the pipeline's steps (`tasks.pipeline.STEPS`) in this process, the same list the
 Prefect flows run:
 a first run then needs no Prefect server (a temporary one takes ~20 s to start here) and leaves no
-Prefect state behind. `--prefect` runs the same steps as the `pipeline` flow instead (on
-PREFECT_API_URL's server, else a temporary local one), so its runs and artifacts show in the UI.
+Prefect state behind. `--prefect` runs the `pipeline` flow itself instead (on PREFECT_API_URL's server, else a
+temporary local one), so its runs and artifacts show in the UI. Either way the tiny base models are built
+first (their tokenizer learns from the sample's captions), so the pipeline's parameters hold the training config.
 """
 
 from __future__ import annotations
@@ -24,17 +29,27 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from schemas.flow_params import CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams, splits_found
+from schemas.flow_params import (
+    SAMPLE_COCO,
+    CurateParams,
+    EvaluateParams,
+    GenerateParams,
+    IngestParams,
+    PipelineParams,
+    TrainParams,
+    splits_found,
+)
 from schemas.generation import GenerateStats
 from schemas.settings import get_settings
 from tasks import store
-from tasks.curation.export import default_image_root
 from tasks.llm import pricing
 
+DEMO_RECIPE = "demo"  # tasks/recipes/demo.toml: what the demo runs
 DEMO_WORK = Path("data/demo")  # the tiny models and training runs when no --out is given
 DEFAULT_REAL_BUDGET_USD = 1.0  # a real endpoint costs money: cap the demo unless told otherwise
 SQL_TO_TRY = (
@@ -58,6 +73,8 @@ class DemoResult:
     checkpoint: Path | None
     endpoint: str
     seconds: float
+    eval_scores: dict[str, Any] | None = None  # the tiny model's relative scores on the demo's eval set
+    eval_set: str | None = None  # that set's name
 
 
 class DemoError(RuntimeError):
@@ -136,29 +153,10 @@ def progress_bar(console: Console) -> tuple[Progress, Callable[[GenerateStats], 
     return bar, on_progress
 
 
-def prepare_training(
-    work: Path, export_dir: Path, image_root: str, captions: list[str], vision_tower: str = "clip"
-) -> Path:
-    """Tiny random vision tower (`vision_tower`: clip or siglip) + Llama base models and a config pointing at the
-    demo's exports."""
-    from transformers.utils import logging as hf_logging
-
-    from training.tiny import build_tiny_base_models, write_tiny_config
-
-    hf_logging.disable_progress_bar()  # saving two tiny models: "Writing model shards" bars would be empty noise
-
-    vision, llm = build_tiny_base_models(work / "base", texts=captions, vision=vision_tower)
-    return write_tiny_config(
-        work / "train.yaml", vision, llm, image_root=image_root, output_dir=work / "runs",
-        stage1={"data": str(export_dir / "llava_pretrain.json")},
-        stage2={"data": str(export_dir / "llava_instruct.json")},
-    )
-
-
 def run_demo(
     console: Console,
     *,
-    coco_dir: Path,
+    coco_dir: Path | None,
     out_dir: Path | None,
     limit_images: int | None,
     model: str,
@@ -170,10 +168,15 @@ def run_demo(
 ) -> DemoResult:
     """Run every step; returns where the database, dataset, report and checkpoint are.
 
-    `out_dir` None: the default database (`VISTUNE_DB`), `data/export` and `data/demo` (see the module doc)."""
+    `out_dir` None: the default database (`VISTUNE_DB`), `data/export` and `data/demo` (see the module doc).
+    `coco_dir` None: the demo recipe's COCO folder (the bundled sample)."""
+    from tasks.recipes import load, pipeline_values
+
     started = time.monotonic()
+    recipe = pipeline_values(load(DEMO_RECIPE))
+    coco_dir = coco_dir or Path(recipe["ingest"].get("coco_dir", SAMPLE_COCO))
     db, export_dir, work = demo_paths(out_dir)
-    splits = splits_in(coco_dir)
+    splits = recipe["ingest"].get("splits") or splits_in(coco_dir)
     if not splits:
         raise FileNotFoundError(f"{coco_dir}/annotations has no captions_<split>.json: is it a COCO folder?")
     check_not_mixing(db, coco_dir)  # before --fresh deletes anything: never someone else's data
@@ -187,70 +190,113 @@ def run_demo(
         if max_cost_usd is None and not where.startswith("simulator") and pricing.known(model):
             max_cost_usd = DEFAULT_REAL_BUDGET_USD
             console.print(f"Spending at most ${max_cost_usd:.2f} (--max-cost-usd to change).")
-        params = PipelineParams(
-            ingest=IngestParams(coco_dir=str(coco_dir), splits=splits, db_path=str(db)),
-            generate=GenerateParams(db_path=str(db), model=model, base_url=base_url, limit_images=limit_images,
-                                    max_cost_usd=max_cost_usd, concurrency=16),
-            curate=CurateParams(db_path=str(db), export_dir=str(export_dir)),
+        params = PipelineParams(  # the recipe's settings, then the demo's flags and paths over them
+            ingest=IngestParams(**{**recipe["ingest"], "coco_dir": str(coco_dir), "splits": splits,
+                                   "db_path": str(db)}),
+            generate=GenerateParams(**{**recipe["generate"], "db_path": str(db), "model": model, "base_url": base_url,
+                                       "limit_images": limit_images, "max_cost_usd": max_cost_usd}),
+            curate=CurateParams(**{**recipe["curate"], "db_path": str(db), "export_dir": str(export_dir)}),
         )
+        checkpoint = work / "runs" / "stage2" / "final" if train else None
+        params = params.model_copy(update={
+            "train": TrainParams(config=str(prepare_training(work, export_dir, coco_dir, splits, vision)))
+            if train else None,
+            "evaluate": demo_eval_params(recipe.get("evaluate", {}), params, db, checkpoint),
+        })
         run = _run_with_prefect if use_prefect else _run_plain
-        checkpoint = run(console, params, db, work, train, vision)
+        done = run(console, params, db)
+        scores = done["evaluate"]["report"]["models"][TINY_MODEL_ID] if done.get("evaluate") else None
     return DemoResult(db=db, export_dir=export_dir, report=export_dir / "report.md", checkpoint=checkpoint,
-                      endpoint=where, seconds=time.monotonic() - started)
+                      endpoint=where, seconds=time.monotonic() - started, eval_scores=scores,
+                      eval_set=params.evaluate.name if params.evaluate else None)
 
 
-def _captions(db: Path) -> list[str]:
-    return [r["caption"] for r in store.query("SELECT caption FROM captions", path=db)]
+# ---------------------------------------------------------------- evaluation of the tiny model
+TINY_MODEL_ID = "tiny"
 
 
-def _show_training_line(console: Console, line: str) -> None:
+def demo_eval_params(
+    recipe_eval: dict[str, Any], params: PipelineParams, db: Path, checkpoint: Path | None
+) -> EvaluateParams:
+    """The demo recipe's eval set (one held-out image, 3 questions) with the demo's flags over it: its database,
+    the generation's LLM and endpoint (writer and judge), its budget, and the tiny model as the model under test.
+    The recipe's split when the COCO folder has it, else the folder's first."""
+    generate = params.generate
+    split = recipe_eval.get("split")
+    return EvaluateParams(**{
+        **recipe_eval, "db_path": str(db), "split": split if split in params.ingest.splits else params.ingest.splits[0],
+        "model": generate.model, "base_url": generate.base_url, "judge_model": generate.model,
+        "judge_base_url": generate.base_url, "max_cost_usd": generate.max_cost_usd,
+        "checkpoints": [f"{TINY_MODEL_ID}={checkpoint}"] if checkpoint else []})
+
+
+def sample_captions(coco_dir: Path, splits: list[str]) -> list[str]:
+    """Every caption of the splits' annotation files (what ingest stores): the tiny tokenizer learns from them."""
+    import json
+
+    from tasks.ingest.coco import annotation_paths
+
+    texts = []
+    for split in splits:
+        captions = annotation_paths(coco_dir, split)[0]
+        texts += [a["caption"] for a in json.loads(captions.read_text(encoding="utf-8"))["annotations"]]
+    return texts
+
+
+def prepare_training(work: Path, export_dir: Path, coco_dir: Path, splits: list[str], vision: str = "clip") -> Path:
+    """Tiny random vision tower (`vision`: clip or siglip) + Llama base models and a config pointing at the
+    demo's exports (written later by the same run) and the COCO folder's images."""
+    from transformers.utils import logging as hf_logging
+
+    from training.tiny import build_tiny_base_models, write_tiny_config
+
+    hf_logging.disable_progress_bar()  # saving two tiny models: "Writing model shards" bars would be empty noise
+
+    vision_path, llm = build_tiny_base_models(work / "base", texts=sample_captions(coco_dir, splits), vision=vision)
+    return write_tiny_config(
+        work / "train.yaml", vision_path, llm, image_root=coco_dir.resolve(), output_dir=work / "runs",
+        stage1={"data": str(export_dir / "llava_pretrain.json")},
+        stage2={"data": str(export_dir / "llava_instruct.json")},
+    )
+
+
+def _show_line(console: Console, line: str) -> None:
     if "it/s]" not in line and "s/it]" not in line:  # skip tqdm bars of weight loading / saving
-        console.print(f"  {line}", style="dim", highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True)
 
 
-def _run_plain(
-    console: Console, params: PipelineParams, db: Path, work: Path, train: bool, vision: str = "clip"
-) -> Path | None:
+def _run_plain(console: Console, params: PipelineParams, db: Path) -> dict[str, Any]:
     """`tasks.pipeline.STEPS` in this process, the bar showing generation."""
     from tasks import pipeline
 
     bar, on_progress = progress_bar(console)
     ctx = pipeline.Context(db=db, runner=pipeline.Runner(
-        log=lambda line: console.print(line, highlight=False),
+        log=lambda line: _show_line(console, line),
         warn=lambda line: console.print(f"[yellow]warning:[/yellow] {line}", highlight=False),
         on_progress=on_progress))
-    pipeline.run_steps([pipeline.Ingest], params, ctx)
-    with bar:
-        gen = pipeline.Generate.run(ctx, params.generate)
-    if problem := gen.all_failed():
-        raise DemoError(problem)
-    pipeline.run_steps(pipeline.CURATE, params, ctx)
-    if not train:
-        return None
-    config = prepare_training(
-        work, Path(params.curate.export_dir), str(default_image_root(db)), _captions(db), vision
-    )
-    ctx.runner = pipeline.Runner(log=lambda line: _show_training_line(console, line))
-    console.rule("training stage 1 and stage 2 (tiny random model, CPU)")
-    pipeline.Train.run(ctx, TrainParams(config=str(config)))
-    return work / "runs" / "stage2" / "final"
+
+    def after(step: pipeline.Step, result: Any) -> None:
+        if step is pipeline.Generate:
+            bar.stop()
+            if problem := result.all_failed():
+                raise DemoError(problem)
+        elif step is pipeline.Report and params.train is not None:
+            console.rule("training stage 1 and stage 2 (tiny random model, CPU)")
+        elif step is pipeline.Train and params.evaluate is not None:
+            console.rule("evaluation: the tiny model answers the held-out questions, the LLM judges")
+
+    bar.start()
+    try:
+        return pipeline.run_steps(pipeline.STEPS, params, ctx, after=after)
+    finally:
+        bar.stop()
 
 
-def _run_with_prefect(
-    console: Console, params: PipelineParams, db: Path, work: Path, train: bool, vision: str = "clip"
-) -> Path | None:
-    """The same steps as the `pipeline` and `train` flows (runs and artifacts in the Prefect UI)."""
+def _run_with_prefect(console: Console, params: PipelineParams, db: Path) -> dict[str, Any]:
+    """The `pipeline` flow itself (runs and artifacts in the Prefect UI)."""
     from flows.pipeline import pipeline_flow
 
-    pipeline_flow(params)
-    if not train:
-        return None
-    from flows.train import train_flow
-
-    image_root = str(default_image_root(db))
-    config = prepare_training(work, Path(params.curate.export_dir), image_root, _captions(db), vision)
-    train_flow(TrainParams(config=str(config)))
-    return work / "runs" / "stage2" / "final"
+    return pipeline_flow(params)
 
 
 def print_summary(console: Console, result: DemoResult) -> None:
@@ -262,6 +308,11 @@ def print_summary(console: Console, result: DemoResult) -> None:
     console.print(f"report:     {result.report}")
     if result.checkpoint is not None:
         console.print(f"checkpoint: {result.checkpoint} (LlavaForConditionalGeneration.from_pretrained loads it)")
+    if (scores := result.eval_scores) is not None:
+        console.print(f"tiny model's relative score: {scores['all']}% overall (conv {scores['conv']}, detail "
+                      f"{scores['detail']}, complex {scores['complex']}; {scores['n_reviews']} reviews; "
+                      f"`vistune eval report --name {result.eval_set}`). A random tiny model scores low.",
+                      highlight=False)
     console.print("\nTry some SQL (read-only, also works from the duckdb CLI while nothing writes):")
     # The default database needs no --db: the commands print what works as typed.
     db_flag = "" if result.db == store.resolve_db(None).resolve() else f"--db {result.db} "

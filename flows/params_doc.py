@@ -14,7 +14,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas.flow_params import SAMPLE_COCO, CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
+from schemas.flow_params import (
+    SAMPLE_COCO,
+    CurateParams,
+    EvaluateParams,
+    GenerateParams,
+    IngestParams,
+    PipelineParams,
+    TrainParams,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "ORCHESTRATION.md"
@@ -26,6 +34,7 @@ FLOWS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("generate", GenerateParams),
     ("curate", CurateParams),
     ("train", TrainParams),
+    ("evaluate", EvaluateParams),
     ("pipeline", PipelineParams),
 )
 

@@ -1,8 +1,14 @@
-"""The `pipeline` flow: `tasks.pipeline.STEPS` (ingest -> generate -> validate, dedup, export, report
--> train), each section of steps as its subflow, so the UI shows each (and its artifacts) on its own page.
+"""The `pipeline` flow: `tasks.pipeline.STEPS` (ingest -> generate -> eval-set -> validate, dedup, export, report
+-> train -> evaluate), each group of steps as its subflow, so the UI shows each (and its artifacts) on its own
+page. With `params.evaluate` set, the eval set is built (or imported) before export, so its images stay out of
+the training data, and after training the checkpoint answers it, the LLM judges, and the scores are reported.
 
 The pipeline run carries its own `pipeline-summary` artifact: counts, cost, rejects, duplicates, export
-paths, the checkpoint, and links to every subflow run and its artifacts.
+paths, the checkpoint, the eval scores, and links to every subflow run and its artifacts.
+
+With `train_on="deployment"` training is not a subflow of this process: the run starts the `train`
+deployment (`flows.handoff.run_on_pool`), which a worker of the GPU pool runs on its machine, waits for it and
+links it in the summary; the export folder, image root and checkpoint folder must be on storage both see.
 
 Training is skipped when the exported dataset and the training parameters are the same as at the last
 successful training (`trained.json` beside the checkpoint holds their fingerprint): the nightly schedule
@@ -22,7 +28,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
 from flows.curate import curate_flow
+from flows.evaluate import answer_and_judge_flow, eval_set_flow, in_pipeline
 from flows.generate import generate_flow
+from flows.handoff import ChildRun, run_on_pool
 from flows.ingest import ingest_flow
 from flows.train import train_flow
 from schemas.flow_params import PipelineParams, TrainParams
@@ -31,12 +39,14 @@ from tasks import pipeline, store
 SUMMARY_KEY = "pipeline-summary"
 TRAINED_FILE = "trained.json"  # beside the checkpoint: the fingerprint of what it was trained on
 
-# Where each section of `pipeline.STEPS` runs: its own subflow (which runs that section's steps).
+# Where each group of `pipeline.STEPS` (`pipeline.sections`) runs: its own subflow (which runs those steps).
 SUBFLOWS: dict[str, Callable[[Any], Any]] = {
     "ingest": ingest_flow,
     "generate": generate_flow,
+    "eval-set": eval_set_flow,  # before curate: the export leaves the eval set's images out
     "curate": curate_flow,
     "train": train_flow,
+    "evaluate": answer_and_judge_flow,  # the set exists: answers, judging, report
 }
 
 
@@ -55,7 +65,8 @@ def dataset_fingerprint(export_dir: Path, params: TrainParams) -> str:
     """sha256 of the exported LLaVA json files, the training parameters and the training config file."""
     from tasks.curation.export import export_files
 
-    digest = hashlib.sha256(params.model_dump_json().encode())
+    # allow_cpu says where training may run, not what it trains
+    digest = hashlib.sha256(params.model_dump_json(exclude={"allow_cpu"}).encode())
     config = Path(params.config)
     digest.update(config.read_bytes() if config.is_file() else b"")
     for name in export_files():  # the json files only: Parquet bytes may change while the rows do not
@@ -143,6 +154,7 @@ def summary_markdown(db: Path, result: dict[str, Any], training: str, failure: s
         files = sorted(p for p in export_dir.glob("*") if p.is_file())
         lines.append(f"- **Exports** in `{export_dir}`: " + ", ".join(f"`{p.name}`" for p in files))
     lines.append(f"- **Training**: {training}\n")
+    lines += eval_lines(result)
     try:
         rows = _subflow_rows()
     except Exception as exc:  # the summary must not fail the run it summarises
@@ -154,6 +166,29 @@ def summary_markdown(db: Path, result: dict[str, Any], training: str, failure: s
             named = ", ".join(f"[`{k}`]({url})" if url else f"`{k}`" for k, url in artifacts) or "none"
             lines.append(f"| {flow_name} | {link} | {state} | {named} |")
     return "\n".join(lines) + "\n"
+
+
+def eval_lines(result: dict[str, Any]) -> list[str]:
+    """The evaluation of this run, when it held out a set: the set, where the answers were made, and the relative
+    score per category and overall of each model (from the `evaluate` subflow's report)."""
+    lines: list[str] = []
+    if held := result.get("eval-set"):
+        lines.append(f"- **Eval set** `{held['name']}`: {held['images']} image(s) held out of the export, "
+                     f"{held['questions']} questions, {held['references']} references")
+    done = result.get("evaluate")
+    if not done:
+        if held:
+            lines.append("- **Evaluation**: nothing to answer (no checkpoint named or trained)\n")
+        return lines
+    report = done["report"]
+    lines.append(f"- **Evaluation** on `{report['set']}`, judged by `{report['judge_model']}`"
+                 + (f"; answers by {done['inference']}" if done.get("inference") else "") + "\n")
+    categories = ("conv", "detail", "complex", "all")
+    lines += ["| model | " + " | ".join(categories) + " | reviews |", "|---" * (len(categories) + 2) + "|"]
+    for model_id, scores in report["models"].items():
+        lines.append(f"| `{model_id}` | " + " | ".join(
+            "-" if scores.get(c) is None else f"{scores[c]}%" for c in categories) + f" | {scores['n_reviews']} |")
+    return [*lines, ""]
 
 
 @flow(name="pipeline")
@@ -168,13 +203,14 @@ def pipeline_flow(params: PipelineParams | None = None) -> dict[str, Any]:
     params = params.model_copy(update={
         "generate": params.generate.model_copy(update={"db_path": params.generate.db_path or db}),
         "curate": params.curate.model_copy(update={"db_path": params.curate.db_path or db}),
+        "evaluate": in_pipeline(params, db),
     })
     logger = get_run_logger()
     result: dict[str, Any] = {}
     training = "not requested (`params.train` is empty)"
     try:
-        for section, _steps in pipeline.sections(pipeline.STEPS):
-            config = getattr(params, section)
+        for section, steps in pipeline.sections(pipeline.STEPS):
+            config = pipeline.config_of(steps[0], params)  # None: skipped (no train, no evaluate, no checkpoint)
             if config is None:
                 continue
             if section == "train":
@@ -186,9 +222,21 @@ def pipeline_flow(params: PipelineParams | None = None) -> dict[str, Any]:
                     logger.info("training skipped: %s was trained on this exact dataset", checkpoint)
                     continue
                 training = "started"
-                result[section] = SUBFLOWS[section](config)
+                if params.train_on == "deployment":  # on the train deployment's pool (the GPU machine)
+                    def linked(child: ChildRun) -> None:  # the summary links the run even if it never ends
+                        nonlocal training
+                        training = f"started as {child.deployment} run {child.link()} on pool `{child.pool}`"
+
+                    child = run_on_pool(params.train_deployment, {"params": config.model_dump(mode="json")},
+                                        params.start_timeout_s, params.train_timeout_s, on_created=linked)
+                    result[section] = child.summary()
+                    ran = f"; trained by {child.deployment} run {child.link()} on {child.where()}"
+                else:
+                    result[section] = SUBFLOWS[section](config)
+                    ran = "; trained in this run"
                 record_trained(checkpoint, fingerprint, export_dir)
-                training = f"checkpoint `{checkpoint}`" if checkpoint else "done (checkpoint: see the train config)"
+                training = (f"checkpoint `{checkpoint}`" if checkpoint
+                            else "done (checkpoint: see the train config)") + ran
                 continue
             out = SUBFLOWS[section](config)
             result[section] = out.model_dump() if section == "generate" else out

@@ -155,6 +155,8 @@ class ResponseRow(TableRow):
     mode: str = "online"  # online | batch
     created_at: datetime
     run_id: str | None = None
+    # the endpoint that served it: a name from the endpoints file, or "default" for a run's one endpoint
+    endpoint: str | None = None
 
 
 class ClaimRow(TableRow):
@@ -251,3 +253,9 @@ ALL_TABLES: tuple[type[TableRow], ...] = (
     DuplicateRow,
     BatchRow,
 )
+
+# The eval tables (schemas/eval.py) subclass TableRow, so they are imported once it exists; `schemas/__init__.py`
+# imports this module first, so the order holds whichever of the two a caller imports first.
+from schemas.eval import EVAL_TABLES  # noqa: E402
+
+ALL_TABLES = (*ALL_TABLES, *EVAL_TABLES)

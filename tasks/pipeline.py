@@ -1,7 +1,11 @@
 """The pipeline, composed once: a readable list of steps (datatrove's manner), no Prefect here.
 
-    STEPS  = [Ingest, Generate, Validate, Dedup, Export, Report, Train]
-    CURATE = [Validate, Dedup, Export, Report]
+    STEPS    = [Ingest, Generate, HoldOut, Validate, Dedup, Export, Report, Train, Evaluate]
+    CURATE   = [Validate, Dedup, Export, Report]
+    EVALUATE = [HoldOut, Evaluate]
+
+`HoldOut` builds (or imports) the eval set before export, so its images never reach the training data on any
+path (the pipeline flow, `vistune run`, the demo); `Evaluate` after train only answers, judges and reports.
 
 Each step is a `Step`: a name, its config model (`schemas/flow_params.py`, the same model the CLI
 flags and the Prefect flow parameters fill) and a `run(ctx, config) -> result` function. The data
@@ -31,7 +35,14 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr
 
-from schemas.flow_params import CurateParams, GenerateParams, IngestParams, PipelineParams, TrainParams
+from schemas.flow_params import (
+    CurateParams,
+    EvaluateParams,
+    GenerateParams,
+    IngestParams,
+    PipelineParams,
+    TrainParams,
+)
 from schemas.generation import GenerateConfig, GenerateStats
 from schemas.settings import get_settings
 from tasks import store
@@ -148,6 +159,12 @@ class Runner:
         """Say something the user must know (e.g. costs not counted)."""
         (self._warn or self._log or (lambda _: None))(message)
 
+    def infer_elsewhere(self, db: Path, params: EvaluateParams) -> list[dict[str, Any]]:
+        """`infer_on="deployment"`: the checkpoints answer on another machine's work pool; returns each one's
+        answer summary. Only Prefect hands work to a pool (`flows/evaluate.py`); in this process it cannot."""
+        raise StepFailed("evaluate: infer_on=deployment hands inference to a GPU work pool, which only the "
+                         "`evaluate` flow (Prefect) can do; use infer_on=local here")
+
 
 @dataclass
 class Context:
@@ -175,6 +192,7 @@ class Step:
     config: type[BaseModel]
     run: Callable[[Context, Any], Any]
     section: str  # the field of `PipelineParams` holding its config (several curate steps share one)
+    group: str = ""  # the consecutive steps `sections` puts together (a subflow of `pipeline`); empty = section
 
 
 # ---------------------------------------------------------------- ingest
@@ -206,17 +224,24 @@ def engine_config(ctx: Context, params: GenerateParams) -> GenerateConfig:  # ty
     config = params.engine_config(
         api_key=ctx.api_key or settings.openai_api_key,
         base_url=(ctx.base_url.get_secret_value() if ctx.base_url else None) or params.base_url
-        or settings.openai_base_url,
+        or (None if params.endpoints_file else settings.openai_base_url),  # the file names every endpoint's URL
         # One budget for the whole run: every shard and round spends from the same `max_cost_usd`.
         budget_id=params.budget_id or ctx.run_id,
     )
-    if config.api_key is None and config.base_url_credentials is None and (
-            config.base_url is None or urlsplit(config.base_url).hostname == OPENAI_HOST):
-        raise ValueError(f"no API key for {config.base_url or 'api.openai.com'}: set OPENAI_API_KEY (or "
-                         "--base-url for a local server that needs none)")
-    if not pricing.known(config.model):
-        ctx.warn(f"no price for model {config.model!r}: costs are not counted (recorded as $0); "
-                 f"add a [models.\"{config.model}\"] entry to {pricing.PRICES_FILE}")
+    if config.endpoints_file:  # each endpoint names its key variable: read the file now, so a bad one sends nothing
+        from tasks.llm.pool import load_endpoints
+
+        priced = {e.spec.price_model or e.spec.model or config.model for e in load_endpoints(config.endpoints_file)}
+    else:
+        if config.api_key is None and config.base_url_credentials is None and (
+                config.base_url is None or urlsplit(config.base_url).hostname == OPENAI_HOST):
+            raise ValueError(f"no API key for {config.base_url or 'api.openai.com'}: set OPENAI_API_KEY (or "
+                             "--base-url for a local server that needs none)")
+        priced = {config.model}
+    for model in sorted(priced):
+        if not pricing.known(model):
+            ctx.warn(f"no price for model {model!r}: costs are not counted (recorded as $0); "
+                     f"add a [models.\"{model}\"] entry to {pricing.PRICES_FILE}")
     return config
 
 
@@ -234,7 +259,7 @@ def run_generate(ctx: Context, params: GenerateParams) -> GenerateStats:  # type
             "plan-requests", plan_requests, ctx.db, sample_types=config.types, model=config.model,
             output_format=config.format, limit_images=config.limit, temperature=config.temperature,
             max_tokens=config.max_tokens, max_regenerations=max_regen, run_id=ctx.run_id,
-            prompt_set=params.prompt_set,
+            prompt_set=params.prompt_set, mix=params.mix,
         )
         # Requests sent earlier in this run and still unanswered failed after every retry: a rerun tries them.
         if plan.images_unavailable:
@@ -244,7 +269,8 @@ def run_generate(ctx: Context, params: GenerateParams) -> GenerateStats:  # type
         if not ids:
             break
         ctx.runner.log(f"generate round {round_no}: {len(ids)} requests to send ({plan.regenerations} of them "
-                       f"regenerate a rejected answer) with {config.model} at {config.base_url or 'api.openai.com'}")
+                       f"regenerate a rejected answer) with {config.model} at "
+                       f"{config.base_url or config.endpoints_file or 'api.openai.com'}")
         rounds.append(ctx.runner.send(ids, ctx.db, config, round_no=round_no))
         sent.update(ids)
         # Validate now: a rejected answer is what the next round's plan asks for again.
@@ -294,6 +320,8 @@ def run_export(ctx: Context, params: CurateParams) -> Any:
                    f"{len(exported.skipped)} bad record(s) skipped")
     if missing := exported.missing_summary():
         ctx.warn(missing)
+    if held_out := exported.eval_summary():
+        ctx.runner.log(f"export: {held_out}")
     return exported
 
 
@@ -331,26 +359,116 @@ Validate = Step("validate", CurateParams, run_validate, "curate")
 Dedup = Step("dedup", CurateParams, run_dedup, "curate")
 Export = Step("export", CurateParams, run_export, "curate")
 Report = Step("report", CurateParams, run_report, "curate")
+# ---------------------------------------------------------------- evaluate
+def run_eval_set(ctx: Context, params: EvaluateParams) -> Any:
+    """The eval set, built from held-out images (questions and references written by the LLM through the engine)
+    or imported; runs before export, which leaves its images out. Resumes: a stored set is only read again."""
+    from tasks.eval import run as eval_run
+    from tasks.eval import sets as eval_sets
+
+    db = store.resolve_db(params.db_path) if params.db_path else ctx.db
+    key = ctx.api_key or get_settings().openai_api_key
+    built = ctx.runner.call("eval-set", eval_run.prepare_set, db, params,
+                            eval_run.writer_config(params, key, ctx.run_id))
+    ctx.runner.log(f"eval set {params.name}: {built.images} held-out images, {built.questions} questions, "
+                   f"{built.references} references ({built.new_questions} questions and {built.new_references} "
+                   f"references new, {len(built.rejects)} rejected, {built.failed} without an answer)")
+    if built.created and (generated_for := eval_sets.images_in_dataset(db, params.name)):
+        # Exports from now on leave them out; only an export (or checkpoint) made before this set existed has them.
+        ctx.runner.log(f"eval-set: {generated_for} image(s) of the new eval set {params.name!r} have samples in the "
+                       "dataset: the export leaves them out (exports made before the set existed include them)")
+    if not built.references:
+        raise StepFailed(f"eval-set: eval set {params.name!r} has no reference answers: nothing can be judged"
+                         + (f" (first reject: {built.rejects[0]})" if built.rejects else ""))
+    return built
+
+
+def run_evaluate(ctx: Context, params: EvaluateParams) -> dict[str, Any]:
+    """Answers of each checkpoint (`python -m training infer` each, here or on a GPU pool) -> judge -> report.
+
+    The set must exist (`HoldOut` built it before export). Every unit resumes: what is stored is not asked for
+    again (tasks/eval). Returns each unit's summary and the report (`tasks.eval.report.report`)."""
+    from tasks.eval import judge, report
+    from tasks.eval import run as eval_run
+    from tasks.eval.sets import require_set
+
+    db = store.resolve_db(params.db_path) if params.db_path else ctx.db
+    require_set(db, params.name)
+    key = ctx.api_key or get_settings().openai_api_key
+    answered: list[dict[str, Any]] = []
+    if params.checkpoints and params.infer_on == "deployment" and params.backend != "openai":
+        answered = ctx.runner.infer_elsewhere(db, params)
+    else:
+        for spec in params.checkpoints:
+            done = ctx.runner.call("eval-answers", eval_run.answer_model, db, params, spec, api_key=key,
+                                   budget_id=ctx.run_id, on_line=ctx.runner.log)
+            answered.append(done.as_dict())
+    for done in answered:
+        ctx.runner.log(f"answers of {done['model_id']}: {done['new_answers']} new, {done['already_answered']} "
+                       f"stored before, {done['failed']} missing")
+    if not params.checkpoints:
+        ctx.warn("evaluate: no checkpoints given: reviewing the answers stored before, if any")
+    judged = ctx.runner.call("eval-judge", judge.judge, db, params.name,
+                             model_ids=eval_run.model_ids(params) or None,
+                             config=eval_run.judge_config(params, key, ctx.run_id), swap=params.swap)
+    ctx.runner.log(f"judge {judged.judge_model}: {judged.new_reviews} new reviews, {judged.already_reviewed} stored "
+                   f"before, {len(judged.rejects)} rejected, {judged.failed} without an answer")
+    scores = ctx.runner.call("eval-report", report.report, db, params.name, judge_model=judged.judge_model)
+    for model_id, summary in scores["models"].items():
+        ctx.runner.log(f"relative score of {model_id}: {summary['all']}% overall (conv {summary['conv']}, "
+                       f"detail {summary['detail']}, complex {summary['complex']})")
+    return {"answers": answered, "judge": judged.as_dict(), "report": scores}
+
+
 Train = Step("train", TrainParams, run_train, "train")
+# LLM work through the engine like generation, before export: the eval set's images stay out of every export.
+HoldOut = Step("eval-set", EvaluateParams, run_eval_set, "evaluate", group="eval-set")
+Evaluate = Step("evaluate", EvaluateParams, run_evaluate, "evaluate")
 
 CURATE = [Validate, Dedup, Export, Report]
-STEPS = [Ingest, Generate, *CURATE, Train]
+EVALUATE = [HoldOut, Evaluate]  # the `evaluate` flow run alone
+STEPS = [Ingest, Generate, HoldOut, *CURATE, Train, Evaluate]
 
 
-def run_steps(steps: Sequence[Step], config: BaseModel, ctx: Context) -> dict[str, Any]:
+def run_steps(
+    steps: Sequence[Step], config: BaseModel, ctx: Context, *, after: Callable[[Step, Any], None] | None = None
+) -> dict[str, Any]:
     """Run `steps` in order, each with `config` (its own model, or a `PipelineParams` holding one per section).
 
-    Returns each step's result by name. A `PipelineParams` without `train` skips the train step.
+    Returns each step's result by name. Steps `config_of` skips are left out. `after(step, result)` is called
+    after each step (e.g. to stop when generation answered nothing).
     """
     results: dict[str, Any] = {}
     for step in steps:
-        step_config = getattr(config, step.section) if isinstance(config, PipelineParams) else config
+        step_config = config_of(step, config)
         if step_config is None:
             continue
         if not isinstance(step_config, step.config):
             raise TypeError(f"step {step.name!r} takes {step.config.__name__}, got {type(step_config).__name__}")
         results[step.name] = step.run(ctx, step_config)
+        if after is not None:
+            after(step, results[step.name])
     return results
+
+
+def config_of(step: Step, config: BaseModel) -> BaseModel | None:
+    """The config `step` runs with under `config` (its own model, or a `PipelineParams`), or None: skipped.
+
+    A `PipelineParams` without `train` (or `evaluate`) skips that step; without `evaluate` no eval set is held out
+    either. With `evaluate` but no checkpoint (none named, none trained) the set is still held out before export,
+    and the evaluate step after training is skipped: there is no model to answer it.
+    """
+    if not isinstance(config, PipelineParams):
+        return config
+    own = getattr(config, step.section)
+    if step is Evaluate and own is not None and not own.checkpoints:
+        return None
+    return own
+
+
+def steps_before(steps: Sequence[Step], stop: Step) -> list[Step]:
+    """The steps before `stop` (all of them when it is not among them): what runs before training, say."""
+    return list(steps[:steps.index(stop)]) if stop in steps else list(steps)
 
 
 def generate(
@@ -369,11 +487,13 @@ def generate(
 
 
 def sections(steps: Sequence[Step]) -> list[tuple[str, list[Step]]]:
-    """Consecutive steps grouped by section (how the `pipeline` flow maps them onto subflows)."""
+    """Consecutive steps grouped by group (default: section): how the `pipeline` flow maps them onto subflows.
+    A group's steps share one section, so one config (`getattr(params, steps[0].section)`)."""
     groups: list[tuple[str, list[Step]]] = []
     for step in steps:
-        if groups and groups[-1][0] == step.section:
+        name = step.group or step.section
+        if groups and groups[-1][0] == name:
             groups[-1][1].append(step)
         else:
-            groups.append((step.section, [step]))
+            groups.append((name, [step]))
     return groups

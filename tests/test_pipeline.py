@@ -36,9 +36,13 @@ def params_for(db: Path, sim: Any, tmp_path: Path, **generate: Any) -> PipelineP
 
 
 def test_the_pipeline_is_a_readable_list_of_steps() -> None:
-    assert [s.name for s in pipeline.STEPS] == ["ingest", "generate", "validate", "dedup", "export", "report", "train"]
+    assert [s.name for s in pipeline.STEPS] == ["ingest", "generate", "eval-set", "validate", "dedup", "export",
+                                               "report", "train", "evaluate"]
     assert [pipeline.Validate, pipeline.Dedup, pipeline.Export, pipeline.Report] == pipeline.CURATE
-    assert [section for section, _ in pipeline.sections(pipeline.STEPS)] == ["ingest", "generate", "curate", "train"]
+    assert [pipeline.HoldOut, pipeline.Evaluate] == pipeline.EVALUATE
+    # the eval set is held out before export; each group is a subflow of `pipeline`
+    assert [section for section, _ in pipeline.sections(pipeline.STEPS)] == [
+        "ingest", "generate", "eval-set", "curate", "train", "evaluate"]
     for step in pipeline.STEPS:  # every step's config model is a section of the pipeline's parameters
         assert PipelineParams.model_fields[step.section].annotation in (step.config, step.config | None)
 

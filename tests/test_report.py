@@ -65,6 +65,28 @@ def test_report_tables_markdown_and_plots(db_path: Path, tmp_path: Path) -> None
         assert f"]({plot.name})" in report.markdown
 
 
+def test_eval_requests_are_counted_apart_from_generation(db_path: Path, tmp_path: Path) -> None:
+    fill(db_path, tmp_path / "coco")
+    # an eval set's question and a judge review of the same images: LLM calls, not generation
+    add_response(db_path, image_id=1, sample_type="eval:question", content='{"question": "Q?"}', cost_usd=2.0,
+                 model="writer-llm")
+    add_response(db_path, image_id=1, sample_type="eval:review", content="8 6\nfine", cost_usd=4.0,
+                 model="judge-llm")
+    validate_pending(db_path)
+    dedup(db_path)
+    report = build_report(db_path, tmp_path / "out")
+
+    funnel = report.tables["funnel"][0]
+    assert (funnel["requests"], funnel["responses"], funnel["with_content"]) == (3, 4, 4)  # generation's only
+    assert [(r["model"], r["cost_usd"]) for r in report.tables["cost"]] == [("test-model", 1.0)]
+    assert [(r["stage"], r["model"], r["cost_usd"]) for r in report.tables["eval_cost"]] == [
+        ("eval:question", "writer-llm", 2.0), ("eval:review", "judge-llm", 4.0)]
+    assert "generation cost $1.0000" in report.markdown and "evaluation cost $6.0000" in report.markdown
+    evaluation = report.markdown.split("## Evaluation cost\n", 1)[1].split("## ", 1)[0]
+    assert "judge-llm" in evaluation and "test-model" not in evaluation
+    assert "eval:" not in {r["sample_type"] for r in report.tables["type_mix"]}
+
+
 def test_report_on_an_empty_database(db_path: Path, tmp_path: Path) -> None:
     store.ensure_schema(db_path)  # reports only read: the database exists, with no rows
     report = build_report(db_path, tmp_path / "out")

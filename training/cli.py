@@ -11,6 +11,7 @@ from typing import Any
 
 CONVERT = "convert-for-serving"
 CHECK = "check"
+INFER = "infer"
 
 # Known-harmless third-party messages: logger name -> message pattern. Only these are dropped; everything
 # else those libraries log (real warnings included) is kept. Also used by the `vistune` CLI.
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training",
         description="LLaVA two-stage training. Overrides are dotted key=value pairs, e.g. stage2.method=qlora. "
         f"Also: `python -m training {CONVERT} SRC DST` (a `linear`-projector checkpoint vLLM can load) and "
-        f"`python -m training {CHECK} --config FILE` (preflight the data).",
+        f"`python -m training {CHECK} --config FILE` (preflight the data) and `python -m training {INFER} "
+        "--model CKPT --questions Q.jsonl --image-root DIR --out A.jsonl` (answer LLaVA eval questions).",
     )
     parser.add_argument("command", choices=["stage1", "stage2", "merge"])
     return _config_arguments(parser, "stage1.learning_rate=1e-3")
@@ -101,6 +103,53 @@ def build_convert_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_infer_parser() -> argparse.ArgumentParser:
+    """The parser for `python -m training infer` (the same options as `vistune infer`)."""
+    from training.inference import GenerationParams
+
+    defaults = GenerationParams()
+    parser = argparse.ArgumentParser(
+        prog=f"python -m training {INFER}",
+        description="Answer a LLaVA questions file ({question_id, image, text, category} lines) with a checkpoint, "
+        "appending LLaVA answer lines; a rerun skips the question ids already answered.",
+    )
+    parser.add_argument("--model", required=True, metavar="CKPT",
+                        help="a stage's final/ (full model or LoRA/QLoRA adapter) or merged/")
+    parser.add_argument("--questions", required=True, metavar="Q.jsonl", help="LLaVA questions file")
+    parser.add_argument("--image-root", required=True, metavar="DIR", help="folder the questions' images are in")
+    parser.add_argument("--out", required=True, metavar="A.jsonl", help="answers file (appended; resumed)")
+    parser.add_argument("--backend", default="transformers", help="transformers (default) or vllm")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="questions per generate call")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, metavar="N")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, metavar="T",
+                        help="0 (default): greedy")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, metavar="P", help="with --temperature > 0")
+    parser.add_argument("--model-id", metavar="NAME", help="model_id in the answers (default: e.g. stage2/final)")
+    return parser
+
+
+def infer(argv: list[str]) -> int:
+    """`python -m training infer`: print the answers file; a bad input is one line and exit 2."""
+    from training.inference import BackendUnavailable, GenerationParams, InferInputError, run_infer
+
+    args = build_infer_parser().parse_args(argv)
+    try:
+        params = GenerationParams(args.max_new_tokens, args.temperature, args.top_p)
+        summary = run_infer(
+            args.model, args.questions, args.image_root, args.out, backend=args.backend, params=params,
+            batch_size=args.batch_size, model_id=args.model_id, progress=sys.stderr.isatty(),
+        )
+    except (FileNotFoundError, InferInputError, ValueError, BackendUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("training.inference").info(
+        "%s: %d new answer(s), %d already stored, %d tokens generated", summary.model_id, summary.answered,
+        summary.already_stored, summary.tokens_generated,
+    )
+    print(summary.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a stage, the merge or the serving conversion and print where the result is."""
     argv = sys.argv[1:] if argv is None else argv
@@ -114,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if argv[:1] == [CHECK]:
         sys.exit(check(argv[1:]))
+    if argv[:1] == [INFER]:
+        sys.exit(infer(argv[1:]))
     args = build_parser().parse_intermixed_args(argv)
     cfg = _load_config_or_exit(args.config, args.overrides)
     if args.command == "merge":

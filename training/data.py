@@ -88,7 +88,7 @@ def load_rgb(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def _with_image_placeholder(conversations: list[dict], has_image: bool, sample_id: str) -> list[dict]:
+def with_image_placeholder(conversations: list[dict], has_image: bool, sample_id: str) -> list[dict]:
     """With an image: the first human turn starts with `<image>\n` (LLaVA moves it there too). Without: none."""
     count = sum(str(turn.get("value", "")).count(IMAGE_PLACEHOLDER) for turn in conversations)
     if not has_image:
@@ -175,7 +175,7 @@ def encode_conversation(
 
     Returns (ids, labels, untruncated length). The one path from text to tokens: training and preflight share it.
     """
-    conversations = _with_image_placeholder(record["conversations"], bool(record.get("image")), sample_id)
+    conversations = with_image_placeholder(record["conversations"], bool(record.get("image")), sample_id)
     segments = render(conversations, sample_id, tokenizer.eos_token)
     ids, labels = tokenize_segments(segments, tokenizer, sample_id)
     full_length = len(ids) + (image_tokens - 1) * ids.count(image_token_id)

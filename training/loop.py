@@ -32,6 +32,7 @@ from training.preflight import PreflightFailed, load_json_list, preflight_stage
 from training.sampler import ModalityLengthGroupedSampler
 from training.serving import warn_if_linear
 from training.stages import freeze_backbones, group_of
+from training.templates import record_template
 
 log = logging.getLogger(__name__)
 PROJECTOR_FILE = "projector.safetensors"
@@ -466,6 +467,7 @@ def save(run: Run, final: bool) -> None:
     run.accelerator.wait_for_everyone()
     _save_final(run.accelerator, run.model, run.processor, run.out / "final")
     if run.accelerator.is_main_process:
+        record_template(run.out / "final", run.stage.template)  # inference renders prompts the same way
         plot_loss(run.metrics.path, run.out / "loss_curve.png")
 
 

@@ -11,6 +11,7 @@ from transformers import AutoProcessor
 from training.config import TrainConfig
 from training.model import load_model, resolve_dtype
 from training.serving import warn_if_linear
+from training.templates import record_template, recorded_template
 
 
 def merge(cfg: TrainConfig, dtype: torch.dtype | None = None) -> Path:
@@ -32,5 +33,6 @@ def merge(cfg: TrainConfig, dtype: torch.dtype | None = None) -> Path:
     out = cfg.merged_dir
     model.save_pretrained(out)
     AutoProcessor.from_pretrained(final).save_pretrained(out)
+    record_template(out, recorded_template(final))
     warn_if_linear(model.config, out)
     return out

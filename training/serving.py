@@ -31,6 +31,8 @@ import torch
 from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from training.templates import TEMPLATE_RECORD, record_template, recorded_template
+
 log = logging.getLogger(__name__)
 
 SERVING_ACT = "relu"  # in every Llava loader's registry (transformers, vLLM, SGLang)
@@ -99,4 +101,6 @@ def convert_for_serving(src: Path | str, dst: Path | str) -> Path:
     model.config.projector_hidden_act = SERVING_ACT
     model.save_pretrained(dst)
     AutoProcessor.from_pretrained(src).save_pretrained(dst)
+    if (src / TEMPLATE_RECORD).exists():  # the served copy renders prompts as the source was trained
+        record_template(dst, recorded_template(src))
     return dst

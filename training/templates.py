@@ -7,10 +7,15 @@ Only assistant replies and their end-of-turn token are targets.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from schemas.llava import IMAGE_PLACEHOLDER
+
+log = logging.getLogger(__name__)
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -89,3 +94,33 @@ def vicuna_v1_chat_template(eos: str) -> str:
 
 
 TEMPLATES: dict[str, Callable[[list[dict], str, str], list[Segment]]] = {"plain": plain, "vicuna_v1": vicuna_v1}
+
+# Beside every saved model (stage `final/`, `merged/`): which template rendered its training text, so inference
+# builds prompts the same way (the processor's chat template is always vicuna_v1, even after stage 1).
+TEMPLATE_RECORD = "vistune_template.json"
+DEFAULT_TEMPLATE = "vicuna_v1"  # what a checkpoint saved before the record existed is assumed to use
+
+
+def record_template(checkpoint: Path, template: str) -> Path:
+    """Write `checkpoint/vistune_template.json` naming the template the checkpoint was trained with."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
+    path = Path(checkpoint) / TEMPLATE_RECORD
+    path.write_text(json.dumps({"template": template}) + "\n")
+    return path
+
+
+def recorded_template(checkpoint: Path) -> str:
+    """The template recorded beside `checkpoint`; `vicuna_v1` (with a warning) when none was recorded."""
+    path = Path(checkpoint) / TEMPLATE_RECORD
+    if not path.exists():
+        log.warning("%s records no template (saved before %s existed); assuming %s", checkpoint, TEMPLATE_RECORD,
+                    DEFAULT_TEMPLATE)
+        return DEFAULT_TEMPLATE
+    try:
+        template = json.loads(path.read_text()).get("template")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a json object with a 'template' field ({exc})") from exc
+    if template not in TEMPLATES:
+        raise ValueError(f"{path}: template {template!r} is not one of {sorted(TEMPLATES)}")
+    return template

@@ -28,6 +28,9 @@ COMMAND_MODULES = (
     "flows.cli.train",
     "flows.cli.pipeline",
     "flows.cli.simulator",
+    "flows.cli.recipe",
+    "flows.cli.eval",
+    "flows.cli.infer",
 )
 _registered = False
 

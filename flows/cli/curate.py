@@ -96,6 +96,8 @@ def _print_export(result) -> None:
     for stem, count in result.counts.items():
         table.add_row(f"{stem}.json / .parquet", f"{count:,}")
     console.print(table)
+    if held_out := result.eval_summary():
+        console.print(held_out, markup=False, highlight=False)
     if missing := result.missing_summary():
         err_console.print(f"[yellow]warning:[/yellow] {escape(missing)}", highlight=False)
     if result.skipped:

@@ -10,6 +10,9 @@ Files written to `out_dir` (names in `export_files()`):
 - `export_summary.json`: `ExportResult.as_dict()` (counts, skipped records, records lacking an image file with a
   few named, `missing_summary`), for the report and anything else that reads the folder later.
 
+Images of an eval set (`eval_images`, schemas/eval.py) are held out: no sample or caption pair of theirs is
+exported, and the result says how many records and images were left out (`eval_summary`).
+
 `image` is `<split>/<file_name>` relative to `image_root`: the COCO folder holding `train2017/` and
 `val2017/` (the `coco_root` recorded at ingest), which is also training's `image_root`.
 
@@ -174,6 +177,15 @@ class ExportResult:
     records_missing_image: int = 0
     dropped_missing_image: int = 0
     require_images: bool = False
+    eval_records_left_out: int = 0  # samples and caption pairs of eval images (held out for evaluation)
+    eval_images_left_out: int = 0  # eval images that had something to export
+
+    def eval_summary(self) -> str | None:
+        """One line for the CLI and logs: what eval images kept out of the files; None when nothing was."""
+        if not self.eval_records_left_out:
+            return None
+        return (f"{self.eval_records_left_out:,} record(s) of {self.eval_images_left_out:,} eval image(s) left out "
+                "(held out for `vistune eval`)")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and Prefect artifacts); lists only the first missing images and skipped records."""
@@ -184,6 +196,7 @@ class ExportResult:
         out["skipped"] = [asdict(s) for s in self.skipped[:20]]
         out["skipped_count"] = len(self.skipped)
         out["bad_path_count"] = self.bad_paths
+        out["eval_summary"] = self.eval_summary()
         return out
 
     @property
@@ -254,9 +267,10 @@ def export(
     out, root = Path(out_dir), Path(image_root)
     with read(db_path) as con:
         samples = con.execute("""
-            SELECT d.sample_id, d.sample_type, d.data, i.split, i.file_name
+            SELECT d.sample_id, d.sample_type, d.data, i.split, i.file_name, d.image_id
             FROM dataset d LEFT JOIN images i USING (image_id) ORDER BY d.sample_id
         """).fetchall()
+        held_out = {r[0] for r in con.execute("SELECT DISTINCT image_id FROM eval_images").fetchall()}
         captions = con.execute("""
             SELECT i.image_id, i.split, i.file_name, list(c.caption ORDER BY c.caption_id)
             FROM images i JOIN captions c USING (image_id) GROUP BY ALL ORDER BY i.image_id
@@ -278,7 +292,18 @@ def export(
 
     by_type: dict[str, list[dict[str, Any]]] = {name: [] for name in SAMPLE_TYPES}
     everything: list[dict[str, Any]] = []
-    for sample_id, type_name, data, split, file_name in samples:
+    eval_images: set[int] = set()  # held-out images something was left out of
+
+    def held(image_id: int) -> bool:
+        if image_id not in held_out:
+            return False
+        result.eval_records_left_out += 1
+        eval_images.add(image_id)
+        return True
+
+    for sample_id, type_name, data, split, file_name, sample_image in samples:
+        if held(sample_image):
+            continue
         if split is None:
             result.skipped.append(SkippedRecord(INSTRUCT_FILE, sample_id, "its image has no row in `images`: "
                                                                           "ingest its COCO split"))
@@ -297,6 +322,8 @@ def export(
         by_type.setdefault(type_name, []).append(everything[-1])
     pretrain: list[dict[str, Any]] = []
     for image_id, split, name, caps in captions:
+        if held(image_id):
+            continue
         if problem := image_path_problem(root, split, name):
             result.skipped.append(SkippedRecord(PRETRAIN_FILE, f"{image_id:012d}", problem))
             continue
@@ -316,6 +343,7 @@ def export(
             result.paths.append(str(path))
         result.counts[stem] = len(records)
     result.missing_images = sorted(image for image, found in exists.items() if not found)
+    result.eval_images_left_out = len(eval_images)
     summary = out / EXPORT_SUMMARY  # beside the files: the report (another step) reads what the export saw
     summary.with_suffix(".json.tmp").write_text(json.dumps(result.as_dict(), indent=1) + "\n", encoding="utf-8")
     summary.with_suffix(".json.tmp").replace(summary)

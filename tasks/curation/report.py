@@ -17,6 +17,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from schemas.eval import EVAL_SAMPLE_TYPE_PREFIX
 from schemas.samples import SAMPLE_TYPES, question_answer_pairs, sample_type
 from tasks.curation.export import stored_missing_summary
 from tasks.store import read
@@ -80,12 +81,16 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def type_mix(counts: dict[str, int]) -> list[dict[str, Any]]:
-    """Samples per type against LLaVA-Instruct-158K's mix."""
+def type_mix(counts: dict[str, int], targets: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Samples per type against the target (images planned for the type: the run's `--mix`, else every image)
+    and against LLaVA-Instruct-158K's mix."""
     total = sum(counts.values()) or 1
     paper_total = sum(t.paper_count for t in SAMPLE_TYPES.values())
+    targets = targets or {}
     return [
-        {"sample_type": name, "samples": counts.get(name, 0), "share": round(counts.get(name, 0) / total, 4),
+        {"sample_type": name, "target": targets.get(name, 0), "samples": counts.get(name, 0),
+         "of_target": round(counts.get(name, 0) / targets[name], 4) if targets.get(name) else 0.0,
+         "share": round(counts.get(name, 0) / total, 4),
          "llava_158k": t.paper_count, "llava_share": round(t.paper_count / paper_total, 4)}
         for name, t in SAMPLE_TYPES.items()
     ]
@@ -139,17 +144,26 @@ def _plot_mix(mix: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+# A request of generation, not of evaluation (whose sample types are `eval:<stage>`)
+GENERATION = f"NOT starts_with(sample_type, '{EVAL_SAMPLE_TYPE_PREFIX}')"
+
+
 def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
     """Counts per type vs LLaVA's mix, rounds, answer lengths, rejects, cost and dedup, written to out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with read(db_path) as con:
         counts = dict(con.execute("SELECT sample_type, count(*) FROM dataset GROUP BY 1").fetchall())
+        # The target of a type: the images planned for it (what a `--mix` drew, else every image planned)
+        targets = dict(con.execute(f"SELECT sample_type, count(DISTINCT image_id) FROM requests WHERE {GENERATION} "
+                                   "GROUP BY 1").fetchall())
         samples = con.execute("SELECT sample_type, data FROM dataset ORDER BY sample_id").fetchall()
-        funnel = _rows(con, """
-            SELECT (SELECT count(*) FROM requests) AS requests,
-                   (SELECT count(*) FROM responses) AS responses,
-                   (SELECT count(*) FROM responses WHERE content IS NOT NULL) AS with_content,
+        # Generation only: eval requests (questions, references, answers, reviews) are counted in their own table
+        funnel = _rows(con, f"""
+            WITH gen AS (SELECT r.* FROM responses r JOIN requests q USING (request_id) WHERE {GENERATION})
+            SELECT (SELECT count(*) FROM requests WHERE {GENERATION}) AS requests,
+                   (SELECT count(*) FROM gen) AS responses,
+                   (SELECT count(*) FROM gen WHERE content IS NOT NULL) AS with_content,
                    (SELECT count(*) FROM samples) AS valid_samples,
                    (SELECT count(DISTINCT response_id) FROM rejects) AS rejected_responses,
                    (SELECT count(*) FROM duplicates) AS duplicates,
@@ -160,7 +174,7 @@ def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
                    round(count(*) / greatest((SELECT count(*) FROM responses WHERE content IS NOT NULL), 1), 4) AS rate
             FROM rejects GROUP BY code ORDER BY responses DESC, code
         """)
-        cost = _rows(con, """
+        cost = _rows(con, f"""
             SELECT q.model, count(*) AS responses, sum(r.prompt_tokens) AS prompt_tokens,
                    sum(r.completion_tokens) AS completion_tokens, sum(r.cached_tokens) AS cached_tokens,
                    round(sum(r.cost_usd), 4) AS cost_usd,
@@ -169,7 +183,13 @@ def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
                        SELECT 1 FROM rejects j WHERE j.response_id = r.response_id)), 0), 4) AS rejected_usd,
                    round(sum(r.cost_usd) / greatest((SELECT count(*) FROM dataset d WHERE d.model = q.model), 1), 6)
                        AS usd_per_kept_sample
-            FROM responses r JOIN requests q USING (request_id) GROUP BY q.model ORDER BY q.model
+            FROM responses r JOIN requests q USING (request_id) WHERE {GENERATION} GROUP BY q.model ORDER BY q.model
+        """)
+        eval_cost = _rows(con, f"""
+            SELECT q.sample_type AS stage, q.model, count(*) AS responses, sum(r.prompt_tokens) AS prompt_tokens,
+                   sum(r.completion_tokens) AS completion_tokens, round(sum(r.cost_usd), 4) AS cost_usd
+            FROM responses r JOIN requests q USING (request_id) WHERE NOT ({GENERATION})
+            GROUP BY 1, 2 ORDER BY 1, 2
         """)
         dedup = _rows(con, """
             SELECT method, scope, count(*) AS removed,
@@ -177,7 +197,7 @@ def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
                    round(avg(similarity), 4) AS mean_similarity
             FROM duplicates GROUP BY method, scope ORDER BY method, scope
         """)
-    mix = type_mix(counts)
+    mix = type_mix(counts, targets)
     lengths, rounds = _answer_lengths(samples)
     length_rows = [
         {"sample_type": name, "answers": len(v), "mean_words": round(sum(v) / len(v), 1) if v else 0.0,
@@ -186,23 +206,30 @@ def build_report(db_path: str | Path | None, out_dir: str | Path) -> Report:
     ]
     round_rows = [{"rounds": k, "conversations": v} for k, v in sorted(rounds.items())]
     tables = {"funnel": funnel, "type_mix": mix, "rounds_per_conversation": round_rows,
-              "answer_lengths": length_rows, "reject_reasons": rejects, "cost": cost, "dedup": dedup}
+              "answer_lengths": length_rows, "reject_reasons": rejects, "cost": cost, "eval_cost": eval_cost,
+              "dedup": dedup}
     plots = [_plot_mix(mix, out / "type_mix.png"), _plot_lengths(lengths, out / "answer_lengths.png")]
     total_cost = sum(r["cost_usd"] or 0 for r in cost)
     rejected_cost = sum(r["rejected_usd"] or 0 for r in cost)
+    eval_total = sum(r["cost_usd"] or 0 for r in eval_cost)
     paper_mix = " / ".join(f"{t.paper_count // 1000}K" for t in SAMPLE_TYPES.values())
     sections = [
         "# Dataset report\n",
-        f"{funnel[0]['dataset']:,} samples in the dataset; total LLM cost ${total_cost:,.4f}, "
-        f"of which ${rejected_cost:,.4f} on answers that were rejected.\n",
+        f"{funnel[0]['dataset']:,} samples in the dataset; generation cost ${total_cost:,.4f}, "
+        f"of which ${rejected_cost:,.4f} on answers that were rejected; evaluation cost ${eval_total:,.4f}.\n",
         *([f"**Missing images:** {missing}\n"] if (missing := stored_missing_summary(out)) else []),
         "## Funnel\n", _markdown_table(funnel),
-        f"## Sample types vs LLaVA-Instruct-158K ({paper_mix})\n", _markdown_table(mix),
+        f"## Sample types vs the target and LLaVA-Instruct-158K ({paper_mix})\n",
+        "`target`: images planned for the type (the run's mix, else every image); "
+        "`of_target`: samples kept / target.\n",
+        _markdown_table(mix),
         "![type mix](type_mix.png)\n",
         "## Rounds per conversation\n", _markdown_table(round_rows),
         "## Answer lengths\n", _markdown_table(length_rows), "![answer lengths](answer_lengths.png)\n",
         "## Reject reasons (a response can have several)\n", _markdown_table(rejects),
-        "## Cost\n", _markdown_table(cost),
+        "## Cost\n", "Generation: the requests for samples.\n", _markdown_table(cost),
+        "## Evaluation cost\n", "Eval sets (questions, references), answers of endpoints and judge reviews "
+        "(`vistune eval`, the pipeline's eval-set and evaluate steps).\n", _markdown_table(eval_cost),
         "## Dedup\n", _markdown_table(dedup),
     ]
     markdown = "\n".join(sections)

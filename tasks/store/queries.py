@@ -28,18 +28,21 @@ from typing import Any, NamedTuple
 
 import duckdb
 
+from schemas.eval import EVAL_SAMPLE_TYPE_PREFIX
 from schemas.generation import CLOSED_BATCH_STATES, LlmRequest
 from tasks.store.prefixes import full_messages
 
 # One row per slot that has requests: how many of its answers were rejected, whether one was
 # accepted, and whether one still awaits validation. A view, so SQL users see the same numbers.
-SLOT_STATUS_VIEW = """
+# Eval requests (questions, references, answers, reviews: schemas/eval.py) are no sample slots.
+SLOT_STATUS_VIEW = f"""
 CREATE OR REPLACE VIEW slot_status AS
 WITH answered AS (
   SELECT q.image_id, q.sample_type, q.prompt_version, q.model, q.request_id,
          EXISTS (SELECT 1 FROM samples s WHERE s.response_id = r.response_id) AS accepted,
          EXISTS (SELECT 1 FROM rejects j WHERE j.response_id = r.response_id) AS rejected
   FROM requests_stored q JOIN responses r ON r.request_id = q.request_id AND r.status IN ('ok', 'parse_error')
+  WHERE NOT starts_with(q.sample_type, '{EVAL_SAMPLE_TYPE_PREFIX}')
 )
 SELECT image_id, sample_type, prompt_version, model,
        bool_or(accepted) AS accepted,

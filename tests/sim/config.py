@@ -49,6 +49,16 @@ class SimConfig(BaseModel):
     fault_retry_after_ms: int = Field(100, ge=0, description="Retry-After sent with an injected 429")
     hang_s: float = Field(600.0, ge=0, description="how long a hanging request sleeps before closing unanswered")
 
+    # Eval and judge mode (tests/sim/judge.py): how the simulated judge scores [Assistant 1] and [Assistant 2].
+    judge_scoring: Literal["grounded", "fixed"] = Field(
+        "grounded", description="grounded: from how much of each answer the context supports; fixed: judge_score_1/2"
+    )
+    judge_score_1: float = Field(8.0, ge=1, le=10, description="fixed scoring: mean score of Assistant 1")
+    judge_score_2: float = Field(6.0, ge=1, le=10, description="fixed scoring: mean score of Assistant 2")
+    judge_noise: float = Field(0.0, ge=0, description="standard deviation (points) of seeded noise on each score")
+    judge_position_bias: float = Field(0.0, description="points added to Assistant 1's score (a first-position bias)")
+    judge_unparseable: float = Field(0.0, ge=0, le=1, description="share of reviews without readable scores")
+
     token_counter: Literal["tiktoken", "approx"] = "tiktoken"
     cache_min_tokens: int = Field(1024, ge=0, description="prefix caching starts at this many tokens")
     cache_block_tokens: int = Field(128, gt=0, description="cached tokens grow in blocks of this size")

@@ -16,6 +16,7 @@ import orjson
 from tests.sim.config import SimConfig
 from tests.sim.content import SampleWriter, SchemaFiller, detect_sample_type, last_user_text, llava_text, read_facts
 from tests.sim.faults import Dice
+from tests.sim.judge import eval_content, eval_kind
 from tests.sim.ratelimit import RateLimits
 from tests.sim.tokens import REPLY_PRIMING, ImagePartError, PrefixCache, TokenCounter
 
@@ -152,24 +153,30 @@ class Simulator:
 
     # --- the fake model -------------------------------------------------------------------------
 
+    @staticmethod
+    def _sample_content(body: dict[str, Any], rng: random.Random, fmt: dict[str, Any], structured: bool) -> str:
+        """A sample of the type the request asks for, in its format (JSON schema, JSON object or LLaVA text)."""
+        type_name = detect_sample_type(body)
+        writer = SampleWriter(read_facts(last_user_text(body["messages"])), rng)
+        sample = writer.sample(type_name)
+        if structured:
+            schema = (fmt.get("json_schema") or {}).get("schema") or {}
+            return orjson.dumps(SchemaFiller(schema, writer).fill(schema, sample)).decode()
+        if fmt.get("type") == "json_object":
+            return orjson.dumps(sample).decode()
+        return llava_text(type_name, sample)
+
     def completion(self, request: ChatRequest, fault: str | None, request_id: str) -> dict[str, Any]:
         """The chat.completion object for an admitted request (fault is None or a 200-status fault)."""
         body = request.body
         rng = random.Random(f"{self.config.seed}:{request.body_hash}")
-        type_name = detect_sample_type(body)
-        writer = SampleWriter(read_facts(last_user_text(body["messages"])), rng)
-        sample = writer.sample(type_name)
         fmt = body.get("response_format") or {}
         structured = fmt.get("type") == "json_schema"
-        if structured:
-            schema = (fmt.get("json_schema") or {}).get("schema") or {}
-            content: str | None = orjson.dumps(SchemaFiller(schema, writer).fill(schema, sample)).decode()
-        elif fmt.get("type") == "json_object":
-            content = orjson.dumps(sample).decode()
+        if kind := eval_kind(body):  # vistune's eval questions, references and judge reviews (tests/sim/judge.py)
+            content: str | None = eval_content(kind, body, self.config, rng, structured)
         else:
-            content = llava_text(type_name, sample)
+            content = self._sample_content(body, rng, fmt, structured)
         finish, refusal = "stop", None
-
         if fault == "malformed":
             content = _malform(content, structured)
         elif fault == "length":
