@@ -1,26 +1,29 @@
-"""Planning at scale: `plan_requests` on N synthetic images, old and new store side by side in one run.
+"""Planning at scale: `plan_requests` on N synthetic images, several paths side by side in one run.
 
 Per size, each side plans in a fresh database (one `complex_reasoning` request per image, vistune's
-own prompt set, structured):
+own prompt set, structured). Sides (`--sides`, default `before after`):
 
-- `schema-3`: every `requests` row holds its full messages (`plan.SHARE_PREFIXES = False`: the
-  schema-3 rows and ids, `store.stable_hash` over the full messages per request);
-- `schema-4`: the current store, each shared prompt prefix once in `prompt_prefixes` and only the
-  image's own message per row (ids the same bytes: the test suite checks);
-- `pk-indexed` (with `--pk-indexed`): schema 3 with a PRIMARY KEY index on every table (schema 2).
+- `before`: the planning path of commit 874f880 (`bench/plan_before.py`: a row model per request,
+  one tiktoken call per message, chunks of 2,000 images), schema 4;
+- `after`: the current `plan_requests` (columns built directly, one batched token count per chunk,
+  chunks of `plan.IMAGE_CHUNK` images), schema 4; its ids must equal `before`'s (checked);
+- `schema-3`: the current code with every `requests` row holding its full messages (`plan.SHARE_PREFIXES =
+  False`: the schema-3 rows and ids, `store.stable_hash` over the full messages per request);
+- `pk-indexed`: schema 3 with a PRIMARY KEY index on every table (schema 2).
 
 Figures: the wall time of `plan_requests` alone (context loading, messages, token counts, hashing,
 inserts), the file's growth by planning per request (what the requests cost on disk), and the whole
 file (images, captions and objects included) per request.
 
-    python bench/plan_scale.py --requests 20000 60000
-    python bench/plan_scale.py --requests 158000 --json plan.json
+    python bench/plan_scale.py --requests 40000 158000
+    python bench/plan_scale.py --requests 1580000 --sides after --json plan.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,11 +31,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.gen_scale import synthetic_images
+from bench.plan_before import plan_requests_before
 from schemas.tables import ALL_TABLES
 from tasks.prompting import plan as plan_module
 from tasks.prompting.plan import plan_requests
 
-SIDES = ("schema-3", "schema-4")
+SIDES = ("before", "after", "schema-3", "pk-indexed")
 
 
 @contextmanager
@@ -56,8 +60,8 @@ def indexed_store(indexed: bool) -> Iterator[None]:
 
 @contextmanager
 def store_side(side: str) -> Iterator[None]:
-    """Plan as `side` does: schema-4 shares prefixes; schema-3 and pk-indexed store full messages per row."""
-    plan_module.SHARE_PREFIXES = side == "schema-4"
+    """Plan as `side` does: before/after share prefixes (schema 4); schema-3 and pk-indexed store full messages."""
+    plan_module.SHARE_PREFIXES = side in ("before", "after")
     try:
         with indexed_store(side == "pk-indexed"):
             yield
@@ -65,33 +69,35 @@ def store_side(side: str) -> Iterator[None]:
         plan_module.SHARE_PREFIXES = True
 
 
-def plan_once(n: int, side: str) -> dict[str, float]:
-    """Seconds to plan n requests in a fresh database, and what the file holds before and after."""
-    with tempfile.TemporaryDirectory() as tmp, store_side(side):
+def plan_once(n: int, side: str) -> tuple[dict[str, float], list[str]]:
+    """Seconds to plan n requests in a fresh database, what the file holds before and after, and the ids."""
+    planner = plan_requests_before if side == "before" else plan_requests
+    with tempfile.TemporaryDirectory(dir=os.environ.get("VISTUNE_BENCH_TMP")) as tmp, store_side(side):
         db = Path(tmp) / "plan.duckdb"
         synthetic_images(db, n)
         before = db.stat().st_size
         start = time.perf_counter()
-        plan = plan_requests(db, sample_types=["complex_reasoning"], model="gpt-4o-mini")
+        plan = planner(db, sample_types=["complex_reasoning"], model="gpt-4o-mini")
         seconds = time.perf_counter() - start
         assert plan.pending == n, plan.pending
         after = db.stat().st_size
-        return {"seconds": seconds, "bytes_before": before, "bytes_after": after}
+        return {"seconds": seconds, "bytes_before": before, "bytes_after": after}, plan.request_ids
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, nargs="+", default=[20_000, 60_000])
-    parser.add_argument("--pk-indexed", action="store_true", help="also the schema-2 store (PK index everywhere)")
+    parser.add_argument("--requests", type=int, nargs="+", default=[40_000, 158_000])
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=["before", "after"])
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    sides = (("pk-indexed",) if args.pk_indexed else ()) + SIDES
+    sides = args.sides
     rows = []
     print(f"{'requests':>9} {'store':>10} {'seconds':>8} {'s per 1K':>9} {'plan B/req':>10} {'file B/req':>10} "
           f"{'file MiB':>8}")
     for n in args.requests:
+        ids_of: dict[str, list[str]] = {}
         for side in sides:
-            got = plan_once(n, side)
+            got, ids_of[side] = plan_once(n, side)
             row = {"requests": n, "store": side, "seconds": round(got["seconds"], 2),
                    "s_per_1k": round(got["seconds"] / n * 1000, 3),
                    "plan_bytes_per_request": round((got["bytes_after"] - got["bytes_before"]) / n),
@@ -101,6 +107,8 @@ def main() -> None:
             print(f"{n:>9,} {side:>10} {row['seconds']:>8.1f} {row['s_per_1k']:>9.3f} "
                   f"{row['plan_bytes_per_request']:>10,} {row['file_bytes_per_request']:>10,} {row['file_mib']:>8.1f}",
                   flush=True)
+        if "before" in ids_of and "after" in ids_of:
+            assert ids_of["before"] == ids_of["after"], "the current path planned other ids than the old one"
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -1,16 +1,21 @@
-"""Prefect's share of wall time in a large `generate` run: the flow vs the same plain functions.
+"""Prefect's share of wall time in a large `generate` run: the flow vs the same step without Prefect.
 
-Both sides do the same work on their own copy of one planned database, against one zero-latency
-simulator process: plan (all requests already planned, so this re-derives the pending ids), then
-the same shards, `--max-workers` at a time, each sent by `tasks.llm.engine.run_requests_sync`.
-- plain: a `ThreadPoolExecutor` over the shards, no Prefect anywhere;
-- flow:  `flows.generate.generate_flow` on a temporary Prefect server (started before timing):
-         one task run per shard, retries armed, live progress artifact.
-Overhead = (flow wall - plain wall) / flow wall, also given against the sending part alone (the
-flow's wall minus the plain side's planning time). Goal: <= 5% at 158,000 requests.
+Every side does the same work on its own copy of one planned database, against one zero-latency
+simulator process: the pipeline's generate step (`tasks.pipeline.Generate`: plan, which re-derives
+the pending ids since all are planned already, then the shards, `--max-workers` at a time, then
+validate, then plan again and find nothing new).
+- plain:      `pipeline.Generate.run` with a runner that sends the shards in a `ThreadPoolExecutor`,
+              no Prefect anywhere;
+- flow:       `flows.generate.generate_flow` on a temporary Prefect server (started before timing):
+              one task run per shard, retries armed, live progress artifact; shards sized from the
+              plan and the worker count (`plan.shard_size_for`) unless `--shard-size` is given;
+- flow-500:   the same flow with the former fixed shards of 500 requests.
+Both plain and flow use the same shard sizes. Overhead = (flow wall - plain wall) / flow wall, per
+round and over all rounds (`--rounds`, every other one in reverse order). Goal (issue 16): <= 3% at
+20,000 and at 158,000 requests.
 
-    python -m bench.prefect_overhead --requests 158000      # the issue's figure
-    python -m bench.prefect_overhead --requests 5000        # quick look
+    python -m bench.prefect_overhead --requests 20000 --sides plain flow flow-500 --rounds 4
+    python -m bench.prefect_overhead --requests 158000 --sides plain flow --rounds 2
 """
 
 from __future__ import annotations
@@ -21,100 +26,135 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from bench.gen_scale import synthetic_images
+from schemas.flow_params import GenerateParams
 from schemas.generation import GenerateConfig, GenerateStats
-from tasks.llm.engine import run_requests_sync
-from tasks.prompting.plan import plan_requests, shard
+from tasks import pipeline
+from tasks.prompting.plan import plan_requests, shard, shard_size_for
 from tests.sim import SimConfig, start_simulator_process
 
 SAMPLE_TYPE = "complex_reasoning"
 MODEL = "gpt-4o-mini"
+SIDES = ("plain", "flow", "flow-500")
+OLD_SHARD_SIZE = 500
 
 
-def run_plain(
-    db: Path, base_url: str, shard_size: int, max_workers: int, concurrency: int
-) -> tuple[float, float, int]:
-    """Plan + shards in a thread pool, no Prefect. Returns (wall seconds, of which planning, good responses)."""
+class ThreadShardRunner(pipeline.Runner):
+    """The generate step's shards in a thread pool: what the Prefect runner does, without Prefect."""
+
+    def __init__(self, shard_size: int | None, max_workers: int) -> None:
+        super().__init__()
+        self.shard_size, self.max_workers = shard_size, max_workers
+        self.shards = 0
+
+    def send(self, request_ids: Sequence[str], db: Path, config: GenerateConfig, *, round_no: int) -> GenerateStats:
+        size = shard_size_for(len(request_ids), self.max_workers, self.shard_size)
+        parts = shard(list(request_ids), size)
+        self.shards += len(parts)
+        with ThreadPoolExecutor(self.max_workers) as pool:
+            results = list(pool.map(lambda part: pipeline.send_requests(part, db, config), parts))
+        return pipeline.total_of(*results)
+
+
+def params_for(db: Path, base_url: str, shard_size: int | None, max_workers: int, concurrency: int) -> GenerateParams:
+    return GenerateParams(db_path=str(db), sample_types=[SAMPLE_TYPE], model=MODEL, base_url=base_url,
+                          shard_size=shard_size, max_workers=max_workers, concurrency=concurrency,
+                          timeout_s=60, max_attempts=3)
+
+
+def run_plain(db: Path, base_url: str, shard_size: int | None, max_workers: int, concurrency: int
+              ) -> tuple[float, int, int]:
+    """The generate step without Prefect. Returns (wall seconds, good responses, shards)."""
+    runner = ThreadShardRunner(shard_size, max_workers)
+    ctx = pipeline.Context(db=db, runner=runner, api_key=SecretStr("sk-bench"))
     start = time.perf_counter()
-    ids = plan_requests(db, sample_types=[SAMPLE_TYPE], model=MODEL).request_ids
-    plan_s = time.perf_counter() - start
-    config = GenerateConfig(model=MODEL, base_url=base_url, api_key="sk-bench", concurrency=concurrency,
-                            timeout=60, max_attempts=3)
-    with ThreadPoolExecutor(max_workers) as pool:
-        results: list[GenerateStats] = list(pool.map(
-            lambda part: run_requests_sync(part, db_path=db, config=config), shard(ids, shard_size)))
-    return time.perf_counter() - start, plan_s, sum(r.done for r in results)
+    stats = pipeline.Generate.run(ctx, params_for(db, base_url, shard_size, max_workers, concurrency))
+    return time.perf_counter() - start, stats.done, runner.shards
 
 
-def run_flow(db: Path, base_url: str, shard_size: int, max_workers: int, concurrency: int) -> tuple[float, int]:
-    """The `generate` flow with the same shards (server already up). Returns (wall seconds, good responses)."""
+def run_flow(db: Path, base_url: str, shard_size: int | None, max_workers: int, concurrency: int
+             ) -> tuple[float, int]:
+    """The `generate` flow (server already up). Returns (wall seconds, good responses)."""
     from flows.generate import generate_flow
-    from schemas.flow_params import GenerateParams
 
     os.environ["OPENAI_API_KEY"] = "sk-bench"  # read by the flow's settings; never a parameter
-    params = GenerateParams(db_path=str(db), sample_types=[SAMPLE_TYPE], model=MODEL, base_url=base_url,
-                            shard_size=shard_size, max_workers=max_workers, concurrency=concurrency,
-                            timeout_s=60, max_attempts=3)
     start = time.perf_counter()
-    stats = generate_flow(params)
+    stats = generate_flow(params_for(db, base_url, shard_size, max_workers, concurrency))
     return time.perf_counter() - start, stats.done
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=158_000)
-    parser.add_argument("--shard-size", type=int, default=500)
+    parser.add_argument("--shard-size", type=int, default=None, help="default: from the plan (shard_size_for)")
     parser.add_argument("--max-workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight per shard")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=["plain", "flow"], help="run in this order")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--reuse", action="store_true", help="reuse workdir/planned.duckdb from an earlier run")
-    parser.add_argument("--flow-first", action="store_true", help="run the flow side first (order effects)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the sides, every other round in reverse order")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # 300+ task-run lines would time the terminal
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # one line per task run would time the terminal
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vistune-overhead-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     planned = workdir / "planned.duckdb"
     if not (args.reuse and planned.exists()):
+        planned.unlink(missing_ok=True)
         synthetic_images(planned, args.requests)
         plan_requests(planned, sample_types=[SAMPLE_TYPE], model=MODEL)
-    dbs = {side: workdir / f"{side}.duckdb" for side in ("plain", "flow")}
-    for db in dbs.values():
-        shutil.copy(planned, db)
-
     from prefect.testing.utilities import prefect_test_harness
 
     sim_config = SimConfig(latency_ms=0, token_counter="approx", log_in_memory=False)
-    shape = (args.shard_size, args.max_workers, args.concurrency)
+    auto = shard_size_for(args.requests, args.max_workers, args.shard_size)
+    result: dict[str, object] = {"requests": args.requests, "max_workers": args.max_workers,
+                                 "concurrency_per_shard": args.concurrency, "shard_size": auto,
+                                 "shards": -(-args.requests // auto), "rounds": []}
+    walls: dict[str, list[float]] = {side: [] for side in args.sides}
     with start_simulator_process(sim_config) as sim, prefect_test_harness(server_startup_timeout=120):
-        sides = ["flow", "plain"] if args.flow_first else ["plain", "flow"]
-        for side in sides:
-            if side == "plain":
-                plain_s, plan_s, plain_done = run_plain(dbs["plain"], sim.base_url, *shape)
-                print(f"plain: {plain_s:.1f} s (plan {plan_s:.1f} s), {plain_done} done", flush=True)
-            else:
-                flow_s, flow_done = run_flow(dbs["flow"], sim.base_url, *shape)
-                print(f"flow:  {flow_s:.1f} s, {flow_done} done", flush=True)
-    result = {
-        "requests": args.requests,
-        "order": " then ".join(sides),
-        "shards": -(-args.requests // args.shard_size),
-        "shard_size": args.shard_size,
-        "max_workers": args.max_workers,
-        "concurrency_per_shard": args.concurrency,
-        "plain_wall_s": round(plain_s, 1),
-        "plain_plan_s": round(plan_s, 1),
-        "flow_wall_s": round(flow_s, 1),
-        "plain_done": plain_done,
-        "flow_done": flow_done,
-        "prefect_share_pct": round(100 * (flow_s - plain_s) / flow_s, 2),
-        # The same difference against the sending part only (the flow's wall minus planning).
-        "prefect_share_of_sending_pct": round(100 * (flow_s - plain_s) / (flow_s - plan_s), 2),
-    }
+        # Warm up both paths on a small database first (imports, tokenizer, the server's first flow run),
+        # so the first side timed does not pay for them.
+        warm = workdir / "warmup.duckdb"
+        warm.unlink(missing_ok=True)
+        synthetic_images(warm, 200)
+        run_plain(warm, sim.base_url, None, args.max_workers, args.concurrency)
+        run_flow(warm, sim.base_url, None, args.max_workers, args.concurrency)
+        for round_no in range(args.rounds):
+            # Odd rounds reverse the order, so a drift in the machine's load favours no side.
+            order = list(args.sides) if round_no % 2 == 0 else list(reversed(args.sides))
+            figures: dict[str, object] = {"order": " then ".join(order)}
+            for side in order:
+                db = workdir / f"{side}.duckdb"
+                shutil.copy(planned, db)
+                size = OLD_SHARD_SIZE if side == "flow-500" else args.shard_size
+                if side == "plain":
+                    wall, done, _ = run_plain(db, sim.base_url, size, args.max_workers, args.concurrency)
+                else:
+                    wall, done = run_flow(db, sim.base_url, size, args.max_workers, args.concurrency)
+                walls[side].append(wall)
+                figures[f"{side}_wall_s"], figures[f"{side}_done"] = round(wall, 1), done
+                figures[f"{side}_load"] = round(os.getloadavg()[0], 1)
+                print(f"round {round_no + 1} {side}: {wall:.1f} s, {done} done, load average "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
+            for side in ("flow", "flow-500"):
+                if "plain" in order and side in order:
+                    figures[f"{side}_prefect_share_pct"] = round(
+                        100 * (figures[f"{side}_wall_s"] - figures["plain_wall_s"]) / figures[f"{side}_wall_s"], 2)
+            result["rounds"].append(figures)  # type: ignore[union-attr]
+    if "plain" in walls:
+        for side in ("flow", "flow-500"):
+            if walls.get(side):
+                # The sum over rounds: each round's two sides ran back to back under about the same load.
+                result[f"{side}_prefect_share_pct"] = round(
+                    100 * (sum(walls[side]) - sum(walls["plain"])) / sum(walls[side]), 2)
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -15,6 +15,7 @@ flow run's id), shared by every shard and round.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -27,6 +28,7 @@ from schemas.flow_params import GenerateParams
 from schemas.generation import GenerateStats
 from schemas.settings import get_settings
 from tasks import pipeline
+from tasks.llm.shared_limiter import SharedRateLimiter
 from tasks.store import resolve_db
 
 __all__ = ["ShardsFailed", "build_limiter", "build_task_runner", "generate_flow", "resolve_api_key"]
@@ -75,6 +77,18 @@ def resolve_api_key(secret_block: str | None, logger: Any = None) -> SecretStr |
     return SecretStr(value)
 
 
+def _limiter(params: GenerateParams, db: Path) -> SharedRateLimiter | None:  # type: ignore[valid-type]
+    """`build_limiter`'s bucket file; with an endpoints file, one bucket per endpoint in it (`for_endpoint`).
+
+    Shards run concurrently (threads or Dask workers): an in-process limiter each would multiply every limit.
+    """
+    limiter = build_limiter(params, db)
+    if limiter is None and params.endpoints_file:  # its rpm/tpm are per endpoint: the file holds no overall one
+        limiter = SharedRateLimiter(Path(params.limiter_path) if params.limiter_path
+                                    else db.with_suffix(".ratelimit.sqlite"), name="endpoints")
+    return limiter
+
+
 @flow(name="generate", log_prints=True)
 def generate_flow(params: GenerateParams | None = None) -> GenerateStats:  # type: ignore[valid-type]
     """Send every planned request that lacks a good response, in rounds; progress is a live artifact."""
@@ -86,7 +100,7 @@ def generate_flow(params: GenerateParams | None = None) -> GenerateStats:  # typ
         ctx.run_id = str(run_id)  # also the budget id: every shard and round of this run shares max_cost_usd
     progress = GenerationProgress()
     try:
-        with PrefectRunner(logger, params=params, progress=progress, limiter=build_limiter(params, db)) as runner:
+        with PrefectRunner(logger, params=params, progress=progress, limiter=_limiter(params, db)) as runner:
             ctx.runner = runner
             stats = pipeline.Generate.run(ctx, params)
     finally:

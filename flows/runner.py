@@ -2,8 +2,9 @@
 
 `tasks/pipeline.py` says what every step does; this runner only changes where its units run:
 - `call(name, fn, ...)` -> a Prefect task run named `name` (retries from `tasks.prefect_tasks.POLICIES`);
-- `send(ids, ...)` -> one `generate-shard` task per shard of `shard_size` requests on the chosen task
-  runner (never one task per request: DESIGN.md, ~14 ms of bookkeeping each), or one
+- `send(ids, ...)` -> one `generate-shard` task per shard of `shard_size` requests (default: sized from the
+  round's requests and `max_workers`, `plan.shard_size_for`) on the chosen task runner (never one task per
+  request: DESIGN.md, ~14 ms of bookkeeping each), or one
   `generate-batch` task in batch mode (the Batch API does the fan-out);
 - `log` / `warn` -> the flow run's log.
 """
@@ -24,7 +25,7 @@ from schemas.generation import GenerateConfig, GenerateStats
 from tasks import prefect_tasks
 from tasks.llm.shared_limiter import SharedRateLimiter
 from tasks.pipeline import Runner, send_requests, total_of
-from tasks.prompting.plan import shard
+from tasks.prompting.plan import shard, shard_size_for
 
 
 class ShardsFailed(RuntimeError):
@@ -99,7 +100,8 @@ class PrefectRunner(Runner):
                               on_progress=lambda s: progress.report(key, s))
             progress.report(key, stats)
             return stats
-        return self._send_shards(shard(list(request_ids), self.params.shard_size), db, config, round_no)
+        size = shard_size_for(len(request_ids), self.params.max_workers, self.params.shard_size)
+        return self._send_shards(shard(list(request_ids), size), db, config, round_no)
 
     def _send_shards(self, shards: list[list[str]], db: Path, config: GenerateConfig, round_no: int) -> GenerateStats:
         assert self.params is not None and self.progress is not None

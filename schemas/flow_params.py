@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, model_validator
 
 from schemas.generation import GenerateConfig
+from schemas.recipes import SampleMix
 
 SAMPLE_COCO = str(Path(__file__).resolve().parents[1] / "tasks" / "ingest" / "sample_coco")
 
@@ -87,6 +88,8 @@ _DESCRIPTIONS = {
     "claim_poll_s": "seconds between looks at requests claimed by another run",
     "breaker_consecutive_failures": "stop the run after this many connection failures or timeouts in a row",
     "breaker_first_attempts": "stop the run when this many first attempts all failed (429s not counted)",
+    "endpoints_file": "TOML file of several endpoints used together (docs/GENERATION.md, 'Several endpoints'); "
+    "replaces base_url, rpm and tpm; online mode only",
 }
 
 
@@ -100,10 +103,17 @@ class _GenerateWhere(_Params):
     max_regenerations: int | None = Field(
         default=None, ge=0, description="ask again for a rejected answer at most this often; empty = the setting (2)"
     )
+    mix: SampleMix | None = Field(
+        default=None, description="images per sample type, counts or fractions, e.g. conversation=58000,"
+        "detail_description=23000,complex_reasoning=77000 (seed=N to draw others); empty = every type for every image"
+    )
     secret_block: str | None = Field(
         default=None, description="Prefect Secret block with the API key when OPENAI_API_KEY is unset"
     )
-    shard_size: int = Field(default=500, ge=1, description="requests per Prefect task run")
+    shard_size: int | None = Field(
+        default=None, ge=1, description="requests per Prefect task run; empty = from the plan: about 2 shards per "
+        "worker (max_workers), 200 to 25,000 requests each"
+    )
     task_runner: Literal["threads", "dask"] = Field(default="threads", description="dask needs vistune[dask]")
     max_workers: int = Field(default=4, ge=1, description="shards running at once")
     limiter_path: str | None = Field(
@@ -181,14 +191,118 @@ class TrainParams(_Params):
         default=None, description='instead of "python -m", e.g. ["accelerate", "launch", "-m"]'
     )
     timeout_s: float | None = Field(default=None, gt=0, description="per stage")
+    allow_cpu: bool = Field(
+        default=False, description="train even when torch sees no GPU where one is required (VISTUNE_REQUIRE_GPU, "
+        "set by the `train` deployment): tiny models, tests"
+    )
+
+
+class EvaluateParams(_Params):
+    """Build (or import) an eval set, answer it with each checkpoint, judge the answers, report relative scores."""
+
+    name: str = Field(default="coco-val", description="eval set name (created on the first run, resumed after)")
+    db_path: str | None = Field(default=None, description="DuckDB file; empty = VISTUNE_DB")
+    split: str = Field(default="val2017", description="build: ingested split the held-out images come from")
+    per_category: int = Field(default=30, ge=1, description="build: images, so questions per category")
+    seed: int = Field(default=0, description="build: seed of the image pick")
+    questions: str | None = Field(
+        default=None, description="LLaVA-Bench questions jsonl: import this set instead of building one"
+    )
+    context: str | None = Field(default=None, description="import: LLaVA-Bench context jsonl (captions, boxes)")
+    image_root: str | None = Field(default=None, description="import: folder the questions' image paths are in")
+    answers: str | None = Field(default=None, description="import: reference answers jsonl; empty = generate them")
+    model: str = Field(default="gpt-4o", description="text-only LLM writing questions and reference answers")
+    base_url: str | None = Field(
+        default=None, description="its OpenAI-compatible endpoint; empty = the generation's in `pipeline`, else "
+        "OPENAI_BASE_URL"
+    )
+    output_format: Literal["structured", "llava-text"] = Field(
+        default="structured", description="questions and reviews as JSON, or LLaVA's text forms"
+    )
+    checkpoints: list[str] = Field(
+        default_factory=list, description="models under test: checkpoint folders (ID=PATH names one), or endpoint "
+        "model names with backend=openai; empty in `pipeline` = the checkpoint it trained"
+    )
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        default="transformers", description="local checkpoints: transformers or vllm; openai: a vision endpoint"
+    )
+    answer_base_url: str | None = Field(default=None, description="backend=openai: the endpoint answering")
+    batch_size: int | None = Field(default=None, ge=1, description="local inference batch size; empty = its default")
+    max_new_tokens: int | None = Field(default=None, ge=1, description="answer length cap; empty = the default")
+    temperature: float | None = Field(default=None, ge=0, description="answer sampling; empty = greedy")
+    infer_timeout_s: float | None = Field(default=None, gt=0, description="per checkpoint")
+    infer_on: Literal["local", "deployment"] = Field(
+        default="local", description="local checkpoints answer here (local), or in `infer_deployment`'s run on "
+        "a worker of its pool, e.g. the GPU machine (deployment); judging stays where this flow runs"
+    )
+    infer_deployment: str = Field(
+        default="evaluate-infer/evaluate-infer", description="the deployment infer_on=deployment starts"
+    )
+    start_timeout_s: float = Field(
+        default=600.0, gt=0, description="infer_on=deployment: fail (and cancel the run) when no worker has picked "
+        "it up after this many seconds"
+    )
+    allow_cpu: bool = Field(
+        default=False, description="infer_on=deployment: answer on the CPU where the pool requires a GPU (tiny models)"
+    )
+    judge_model: str = Field(default="gpt-4o", description="the judge LLM")
+    judge_base_url: str | None = Field(default=None, description="the judge's endpoint; empty = base_url's")
+    judge_api_key_env: str | None = Field(
+        default=None, description="environment variable holding the judge endpoint's key; empty = OPENAI_API_KEY"
+    )
+    swap: bool = Field(default=False, description="judge each pair in both orders; report position bias")
+    mode: Literal["online", "batch"] = Field(default="online", description="batch: OpenAI Batch API for LLM calls")
+    concurrency: int = Field(default=16, ge=1, description="LLM requests in flight")
+    max_cost_usd: float | None = Field(
+        default=None, ge=0, description="stop sending once this much is spent (every LLM call of the run)"
+    )
+
+    @model_validator(mode="after")
+    def _no_credentials_in_urls(self) -> EvaluateParams:
+        # Prefect stores and shows flow parameters: a `user:pass@` in a URL would be on the server for good.
+        for name in ("base_url", "judge_base_url", "answer_base_url"):
+            url = getattr(self, name)
+            if url and "@" in urlsplit(url).netloc:
+                raise ValueError(f"{name} holds credentials (user:password@): they would be stored with the run's "
+                                 "parameters; put the key in an environment variable instead")
+        return self
 
 
 class PipelineParams(_Params):
     """The whole DAG: ingest -> generate -> curate -> (train)."""
 
+    recipe: str | None = Field(
+        default=None, description="a recipe (`vistune recipe list`) whose settings fill every field this run leaves "
+        "unset; a field given here overrides the recipe's"
+    )
     ingest: IngestParams = Field(default_factory=IngestParams, description="the ingest step's keys (`ingest` above)")
     generate: GenerateParams = Field(  # type: ignore[valid-type]
         default_factory=GenerateParams, description="the generate step's keys (`generate` above)"
     )
     curate: CurateParams = Field(default_factory=CurateParams, description="the curate steps' keys (`curate` above)")
     train: TrainParams | None = Field(default=None, description="empty = stop after curation")
+    evaluate: EvaluateParams | None = Field(default=None, description="empty = no evaluation after training")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_under_the_given_fields(cls, data: Any) -> Any:
+        # Resolved where the params are built (a deployment's worker too), so the stored run shows every value.
+        if not isinstance(data, dict) or not data.get("recipe"):
+            return data
+        from tasks.recipes import load, pipeline_values, under  # reads the recipe file: not at import time
+
+        given = {k: v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v for k, v in data.items()}
+        return under(pipeline_values(load(data["recipe"])), given)
+    train_on: Literal["local", "deployment"] = Field(
+        default="local", description="local: train as a subflow of this run, on this machine; deployment: start "
+        "`train_deployment` (a worker of its pool, e.g. on the GPU machine, runs it) and wait for it"
+    )
+    train_deployment: str = Field(default="train/train", description="the deployment train_on=deployment starts")
+    start_timeout_s: float = Field(
+        default=600.0, gt=0, description="a deployment this run starts fails (and is cancelled) when no worker has "
+        "picked it up after this many seconds"
+    )
+    train_timeout_s: float | None = Field(
+        default=None, gt=0, description="train_on=deployment: stop waiting after this many seconds of training "
+        "(the run goes on); empty = until it ends"
+    )

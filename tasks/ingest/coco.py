@@ -17,6 +17,10 @@ Records that can be repaired are kept and the repair is counted (`IngestStats.fi
 `stats.fixed`, and one `ingest_errors` row each with reason `fixed_image_placeholder`): a caption
 containing LLaVA's `<image>` placeholder has it removed, since the trainer would read it as the
 image token (and export would write an invalid record).
+
+Two paths, one set of rules: a split is first offered to `tasks/ingest/columnar.py` (typed decoding, checks over
+whole columns, bulk inserts; train2017's size in seconds and well under 1 GiB), which takes it only when no rule
+here fires for any record; otherwise `_parse` below walks it record by record and reports every problem.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
@@ -52,6 +56,10 @@ ID_MIN, ID_MAX = -(2**63), 2**63 - 1
 SIZE_MAX = 2**31 - 1
 _DRIVE = re.compile(r"^[A-Za-z]:")
 TABLES = ("images", "captions", "objects", "categories")
+# Try the columnar path first (`tasks/ingest/columnar.py`: the same rows, much faster and leaner, for splits in
+# which no record is skipped or repaired). False: always the record-by-record path (tests, the benchmark's
+# "before" side).
+COLUMNAR = True
 
 
 class IngestError(ValueError):
@@ -445,7 +453,12 @@ def _parse(captions_path: Path, instances_path: Path, image_dir: Path, coco_root
     return out
 
 
-def _image_file_problem(path: Path, image: ImageRow) -> tuple[str, str] | None:
+class _Size(NamedTuple):
+    width: int
+    height: int
+
+
+def _image_file_problem(path: Path, image: ImageRow | _Size) -> tuple[str, str] | None:
     try:
         if not path.is_file():
             return "missing_image", f"image file {path} not found"
@@ -484,6 +497,18 @@ def ingest(
         raise IngestError(f"{image_dir}: image folder for split {split!r} not found")
     run_id = uuid.uuid4().hex[:12]
     started = store.utcnow()
+    params = {"coco_dir": str(coco_root), "split": split, "strict": strict, "check_images": check_images,
+              "max_caption_chars": max_caption_chars}
+    if COLUMNAR:  # the fast path accepts a split only when no rule below fires; else the record-by-record path
+        from tasks.ingest import columnar
+
+        def image_problem(file_name: str, width: int, height: int) -> tuple[str, str] | None:
+            return _image_file_problem(image_dir / file_name, _Size(width, height))
+
+        columns = columnar.parse(captions_path, instances_path, coco_root, split, max_caption_chars,
+                                 image_problem if check_images else None, clean_caption)
+        if columns is not None:
+            return _store_columns(columns, db_path, run_id, started, split, params)
     parsed = _parse(captions_path, instances_path, image_dir, coco_root, split, check_images, max_caption_chars)
     if strict and parsed.issues:
         first = parsed.issues[0]
@@ -504,12 +529,32 @@ def ingest(
             IngestErrorRow(run_id=run_id, source_file=i.source_file, record=i.record, reason=i.reason, detail=i.detail)
             for i in [*parsed.issues, *stats.fixes]
         ])
-        store.insert_rows(con, RunRow, [RunRow(
-            run_id=run_id, kind="ingest", started_at=started, finished_at=store.utcnow(), status="completed",
-            params={"coco_dir": str(coco_root), "split": split, "strict": strict, "check_images": check_images,
-                    "max_caption_chars": max_caption_chars},
-            stats={"images": stats.images, "captions": stats.captions, "objects": stats.objects,
-                   "added": stats.added, "skipped": dict(stats.skipped), "fixed": dict(stats.fixed),
-                   "read": stats.read, "skipped_by_table": stats.skipped_by_table()},
-        )])
+        store.insert_rows(con, RunRow, [_run_row(stats, started, params)])
+    return stats
+
+
+def _run_row(stats: IngestStats, started: Any, params: dict[str, Any]) -> RunRow:
+    return RunRow(
+        run_id=stats.run_id, kind="ingest", started_at=started, finished_at=store.utcnow(), status="completed",
+        params=params,
+        stats={"images": stats.images, "captions": stats.captions, "objects": stats.objects,
+               "added": stats.added, "skipped": dict(stats.skipped), "fixed": dict(stats.fixed),
+               "read": stats.read, "skipped_by_table": stats.skipped_by_table()},
+    )
+
+
+def _store_columns(columns: Any, db_path: str | Path | None, run_id: str, started: Any, split: str,
+                   params: dict[str, Any]) -> IngestStats:
+    """Write the columnar path's rows and its run: what `ingest` writes for a split without a bad record."""
+    stats = IngestStats(run_id=run_id, split=split, images=len(columns.images["image_id"]),
+                        captions=len(columns.captions["caption_id"]), objects=len(columns.objects["object_id"]),
+                        categories=columns.categories, read=dict(columns.read), dropped=dict.fromkeys(TABLES, 0))
+    with store.write(db_path) as con:
+        stats.added = {
+            # the columnar path refused any split with a repeated id
+            "images": store.insert_columns(con, ImageRow, columns.images, keys_unique=True),
+            "captions": store.insert_columns(con, CaptionRow, columns.captions, keys_unique=True),
+            "objects": store.insert_columns(con, ObjectRow, columns.objects, keys_unique=True),
+        }
+        store.insert_rows(con, RunRow, [_run_row(stats, started, params)])
     return stats

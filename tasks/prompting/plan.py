@@ -16,11 +16,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.recipes import SampleMix
 from schemas.samples import sample_type
 from schemas.settings import get_settings
 from schemas.tables import PromptPrefixRow, RequestRow
@@ -33,7 +35,15 @@ from tasks.store.queries import slot_states
 def sample_kind(type_name: str, output_format: str) -> str:  # TODO(lead): use formats.sample_kind
     return f"{type_name}/{output_format}"
 
-IMAGE_CHUNK = 2000
+# Images per step (contexts loaded, requests built, one write transaction): at least IMAGE_CHUNK, and enough
+# that a plan takes at most PLAN_STEPS steps, up to MAX_IMAGE_CHUNK. Some per-step costs grow with the database
+# (the context queries scan the captions and objects tables, the key check scans the stored request ids, each
+# write connection's checkpoint), so a fixed step size made planning quadratic: 1.58M images in 158 steps spent
+# about a third of its time on them (cProfile). A step's rows (a few KB per request while built) stay far
+# below 1 GB.
+IMAGE_CHUNK = 10_000
+PLAN_STEPS = 32
+MAX_IMAGE_CHUNK = 50_000
 # Rows keep their shared prefix once (schema 4). False plans the way schema 3 did: full messages in every row,
 # ids from `store.stable_hash` (bench/plan_scale.py's "old" side; the ids are the same either way).
 SHARE_PREFIXES = True
@@ -101,6 +111,31 @@ def shard(ids: Sequence[str], size: int) -> list[list[str]]:
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
+# Shard sizing from the plan (`shard_size_for`): a few shards per worker, so the workers finish close together
+# and a retried shard redoes little, and few enough that the orchestrator's fixed cost per shard (a Prefect task
+# run: ~50 ms, plus the engine's start) stays far below 1% of a shard's time.
+SHARDS_PER_WORKER = 2
+MIN_SHARD = 200
+MAX_SHARD = 25_000
+
+
+def shard_size_for(requests: int, workers: int, size: int | None = None) -> int:
+    """Requests per shard: `size` when given, else from the plan's size and the number of workers.
+
+    `workers * SHARDS_PER_WORKER` equal shards, more (a multiple of `workers`) when a shard would exceed
+    `MAX_SHARD`, and none smaller than `MIN_SHARD`.
+    """
+    if size is not None:
+        return size
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    shards = workers * SHARDS_PER_WORKER
+    if requests > shards * MAX_SHARD:
+        shards = -(-requests // MAX_SHARD)
+        shards = -(-shards // workers) * workers
+    return max(MIN_SHARD, -(-requests // shards))
+
+
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -126,6 +161,7 @@ def plan_requests(
     dry_run: bool = False,
     max_regenerations: int | None = None,
     prompt_set: str | Path | None = None,
+    mix: SampleMix | None = None,
 ) -> PlanResult:
     """Create the missing `requests` rows and return every pending request id (in image order).
 
@@ -133,8 +169,18 @@ def plan_requests(
     same result without writing (for `vistune estimate`). `max_regenerations` (default: the
     `max_regenerations` setting) bounds how often a rejected answer is asked for again. `prompt_set` is a
     prompt set folder (default: vistune's own); its content hash is each request's `prompt_version`.
+    `mix` gives each type only its share of the images (`tasks/prompting/mix.py` draws them, then plans each type).
     """
     from tasks.prompting.prompts import ImageUnavailable, build_messages, load_contexts
+    from tasks.prompting.tokens import messages_tokens
+
+    if mix is not None:
+        from tasks.prompting.mix import plan_with_mix
+
+        return plan_with_mix(
+            plan_requests, mix, db_path, sample_types=sample_types, image_ids=image_ids, limit_images=limit_images,
+            model=model, output_format=output_format, temperature=temperature, max_tokens=max_tokens, run_id=run_id,
+            dry_run=dry_run, max_regenerations=max_regenerations, prompt_set=prompt_set)
 
     check_format(output_format)
     max_regen = get_settings().max_regenerations if max_regenerations is None else max_regenerations
@@ -159,10 +205,18 @@ def plan_requests(
     shared: dict[tuple[str, str], tuple[str, PrefixedHash]] = {}  # (type, version) -> (prefix_id, id hasher)
     params_text: dict[tuple[str, int], str] = {}  # (type, regeneration) -> params as the id hashes them
     stored_prefixes: set[str] = set()
-    for chunk in _chunks(ids, IMAGE_CHUNK):
+    kinds = {t: sample_kind(t, output_format) for t in types}
+    params_cell: dict[tuple[str, int], str] = {}  # (type, regeneration) -> the params column's JSON text
+    step = max(IMAGE_CHUNK, min(MAX_IMAGE_CHUNK, -(-len(ids) // PLAN_STEPS)))
+    for chunk in _chunks(ids, step):
         with store.read(db) as con:
             contexts = load_contexts(con, list(chunk))
-        rows: list[RequestRow] = []
+        # The rows as columns (`store.insert_columns`), built here without a row model per request.
+        cols: dict[str, list[Any]] = {name: [] for name in (
+            "request_id", "image_id", "sample_type", "prompt_version", "kind", "regeneration", "messages", "params",
+            "prefix_id")}
+        base_tokens: list[int] = []  # the shared prefix's tokens, per row
+        last_messages: list[dict[str, Any]] = []  # the image's own message, per row: counted in one batch below
         new_prefixes: list[PromptPrefixRow] = []
         for image_id in chunk:
             ctx = contexts.get(image_id)
@@ -189,10 +243,11 @@ def plan_requests(
                 regeneration = state.rejected if state is not None else 0
                 # A regeneration varies the seed: a new request id, and a new answer from the provider.
                 call_params = {**params[t], "seed": regeneration} if regeneration else params[t]
+                if (t, regeneration) not in params_text:
+                    params_text[(t, regeneration)] = _dumps(call_params)
+                    params_cell[(t, regeneration)] = store.json_cell(call_params)
                 if (t, version) not in prefix_tokens:
                     prefix_tokens[(t, version)] = _count(messages[:-1], model)
-                # prefix + the image's message; the -3 drops the reply priming counted twice
-                tokens = prefix_tokens[(t, version)] + _count(messages[-1:], model) - 3
                 prefix, own = prefixes.split(messages)
                 pid: str | None = None
                 if SHARE_PREFIXES and prefix:
@@ -203,27 +258,35 @@ def plan_requests(
                             stored_prefixes.add(known[0])
                             new_prefixes.append(PromptPrefixRow(prefix_id=known[0], messages=prefix, created_at=now))
                     pid, hasher = known
-                    if (t, regeneration) not in params_text:
-                        params_text[(t, regeneration)] = _dumps(call_params)
                     request_id = hasher(own, params_text[(t, regeneration)])
                 else:
                     own, request_id = messages, store.stable_hash(model, messages, call_params)
-                rows.append(RequestRow(
-                    request_id=request_id,
-                    image_id=image_id, sample_type=t, prompt_version=version, model=model,
-                    output_format=output_format, kind=sample_kind(t, output_format), regeneration=regeneration,
-                    messages=own, params=call_params, est_input_tokens=tokens, created_at=now,
-                    run_id=run_id, prefix_id=pid,
-                ))
-        if rows and not dry_run:
+                cols["request_id"].append(request_id)
+                cols["image_id"].append(image_id)
+                cols["sample_type"].append(t)
+                cols["prompt_version"].append(version)
+                cols["kind"].append(kinds[t])
+                cols["regeneration"].append(regeneration)
+                cols["messages"].append(store.json_cell(own))
+                cols["params"].append(params_cell[(t, regeneration)])
+                cols["prefix_id"].append(pid)
+                base_tokens.append(prefix_tokens[(t, version)])
+                last_messages.append(messages[-1])
+        n = len(cols["request_id"])
+        # prefix + the image's message (`count_message_tokens(messages)`, the prefix counted once per type)
+        cols["est_input_tokens"] = [
+            base + last for base, last in zip(base_tokens, messages_tokens(last_messages, model), strict=True)]
+        if n and not dry_run:
+            cols |= {"model": [model] * n, "output_format": [output_format] * n, "created_at": [now] * n,
+                     "run_id": [run_id] * n}
             with store.write(db) as con:
                 if new_prefixes:  # before the rows that name them
                     store.insert_rows(con, PromptPrefixRow, new_prefixes, on_conflict="ignore")
-                result.planned_new += store.insert_rows(con, RequestRow, rows, on_conflict="ignore")
-        for row in rows:
-            result.request_ids.append(row.request_id)
-            result.est_input_tokens += row.est_input_tokens
-            result.max_output_tokens += max_tokens
-            result.by_type[row.sample_type] = result.by_type.get(row.sample_type, 0) + 1
-            result.regenerations += row.regeneration > 0
+                result.planned_new += store.insert_columns(con, RequestRow, cols, on_conflict="ignore")
+        result.request_ids += cols["request_id"]
+        result.est_input_tokens += sum(cols["est_input_tokens"])
+        result.max_output_tokens += max_tokens * n
+        for t, count in Counter(cols["sample_type"]).items():
+            result.by_type[t] = result.by_type.get(t, 0) + count
+        result.regenerations += sum(1 for r in cols["regeneration"] if r)
     return result

