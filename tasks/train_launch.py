@@ -7,13 +7,11 @@ under `accelerate launch`.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import threading
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from tasks.child_process import stream_process
 
 STAGES = ("stage1", "stage2", "merge")
 
@@ -56,52 +54,5 @@ def launch_training(
     process exits non-zero or runs past `timeout_s`.
     """
     cmd = training_command(stage, config, overrides, launcher=launcher)
-    tail: deque[str] = deque(maxlen=40)
-    # Unbuffered child output, so lines reach the Prefect log as they happen.
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=child_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        errors="replace",
-    )
-    # The watchdog kills the child; reading its output then ends and we report the timeout.
-    timed_out = threading.Event()
-
-    def kill_on_timeout() -> None:
-        timed_out.set()
-        proc.kill()
-
-    watchdog = threading.Timer(timeout_s, kill_on_timeout) if timeout_s else None
-    if watchdog:
-        watchdog.start()
-    try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            # tqdm redraws with \r; keep only the latest state of such a line.
-            line = raw.rstrip("\n").rsplit("\r", 1)[-1]
-            if line.strip():
-                tail.append(line)
-                on_line(line)
-        returncode = proc.wait()
-    except BaseException:
-        proc.kill()  # an interrupted flow must not leave a training process behind
-        proc.wait()
-        raise
-    finally:
-        if watchdog:
-            watchdog.cancel()
-    if timed_out.is_set():
-        raise TrainingFailed(_failure_message(cmd, f"ran past {timeout_s} s and was killed", tail))
-    if returncode != 0:
-        raise TrainingFailed(_failure_message(cmd, f"exited with code {returncode}", tail))
-    return list(tail)
-
-
-def _failure_message(cmd: Sequence[str], what: str, tail: Sequence[str]) -> str:
-    last = "\n".join(tail) or "(no output)"
-    return f"training command {' '.join(cmd)!r} {what}; its last lines:\n{last}"
+    return stream_process(cmd, on_line=on_line, failure=TrainingFailed, label="training command ", cwd=cwd, env=env,
+                          timeout_s=timeout_s)

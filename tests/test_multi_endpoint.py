@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import socket
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from tasks.llm import parsers, pricing
 from tasks.llm.engine import AuthenticationFailed, EndpointUnreachable, run_requests_sync
 from tasks.llm.pool import EndpointsFileError, load_endpoints
 from tasks.llm.shared_limiter import SharedRateLimiter
+from tests.chat_server import ChatServer
 from tests.fakes import plant_requests
 from tests.sim import SimConfig, start_simulator
 
@@ -63,16 +62,13 @@ def served_ok(*sims: Any) -> Counter[str]:
                    if r.path.endswith("/chat/completions") and r.status == 200)
 
 
-class KeyServer:
+class KeyServer(ChatServer):
     """An OpenAI-shaped endpoint that answers only `key` (401 quoting the key otherwise, as OpenAI does)."""
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.seen: list[tuple[str, str]] = []  # (key sent, model sent)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.base_url = ""
+        super().__init__()
 
     async def _chat(self, request: web.Request) -> web.Response:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -83,29 +79,6 @@ class KeyServer:
             return web.json_response({"error": error}, status=401)
         return web.json_response({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}],
                                   "usage": {"prompt_tokens": 1000, "completion_tokens": 100}})
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        self._ready.set()
-        self._loop.run_forever()
-
-    def __enter__(self) -> KeyServer:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @pytest.fixture

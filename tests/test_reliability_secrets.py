@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,21 +14,19 @@ from typer.testing import CliRunner
 from bench.gen_scale import synthetic_images
 from flows.cli import get_app
 from tasks import store
+from tests.chat_server import ChatServer
 
 SECRET = "sk-vistune-echo-test-DO-NOT-LEAK-0123456789abcdef"
 PASSWORD = "url-pass-DO-NOT-LEAK-98765"
 
 
-class EchoServer:
+class EchoServer(ChatServer):
     """An OpenAI-shaped endpoint whose answers quote the request's Authorization header (a hostile or buggy proxy)."""
 
     def __init__(self) -> None:
         self.auth_headers: list[str] = []
         self.reject_key = False  # answer 401 quoting the key, as OpenAI does
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.port = 0
+        super().__init__()
 
     async def _chat(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
@@ -42,28 +38,6 @@ class EchoServer:
                              "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
         return web.json_response(body)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
-
-    def __enter__(self) -> EchoServer:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @pytest.fixture

@@ -15,12 +15,8 @@ Only questions without a stored answer of the model are asked again.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-import threading
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +25,7 @@ from typing import Any
 from schemas.eval import AnswerRecord, EvalAnswerRow, EvalRejectRow
 from schemas.generation import GenerateConfig, GenerateStats
 from tasks import store
+from tasks.child_process import stream_process
 from tasks.eval import calls, prompts
 from tasks.eval.parsing import ANSWER_KIND, parse_text
 from tasks.eval.sets import read_jsonl, reject_row, require_set
@@ -107,33 +104,7 @@ def run_streaming(cmd: Sequence[str], *, on_line: Callable[[str], None] = print,
                   timeout_s: float | None = None) -> list[str]:
     """Run `cmd`, calling `on_line` per output line (stdout and stderr merged); returns the last lines, or raises
     `InferenceFailed` with them when it exits non-zero or runs past `timeout_s` (then it is killed)."""
-    tail: deque[str] = deque(maxlen=40)
-    proc = subprocess.Popen(list(cmd), env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
-    timed_out = threading.Event()
-    watchdog = threading.Timer(timeout_s, lambda: (timed_out.set(), proc.kill())) if timeout_s else None
-    if watchdog:
-        watchdog.start()
-    try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip("\n").rsplit("\r", 1)[-1]  # a progress bar redraws with \r: keep its latest state
-            if line.strip():
-                tail.append(line)
-                on_line(line)
-        code = proc.wait()
-    except BaseException:
-        proc.kill()  # an interrupted run must not leave an inference process behind
-        proc.wait()
-        raise
-    finally:
-        if watchdog:
-            watchdog.cancel()
-    if timed_out.is_set() or code != 0:
-        what = f"ran past {timeout_s} s and was killed" if timed_out.is_set() else f"exited with code {code}"
-        last = "\n".join(tail) or "(no output)"
-        raise InferenceFailed(f"{' '.join(cmd)!r} {what}; its last lines:\n{last}")
-    return list(tail)
+    return stream_process(cmd, on_line=on_line, failure=InferenceFailed, timeout_s=timeout_s)
 
 
 def local_answers(
