@@ -16,8 +16,8 @@ from schemas.samples import sample_type
 from schemas.settings import get_settings
 from schemas.tables import PromptPrefixRow, RequestRow
 from tasks import store
-from tasks.prompting.formats import check_format
-from tasks.prompting.plan import PlanResult, PrefixedHash, _chunks, _dumps, request_params, sample_kind
+from tasks.prompting.formats import check_format, sample_kind
+from tasks.prompting.plan import PlanResult, PrefixedHash, _chunks, _dumps, request_params
 from tasks.prompting.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TOKENS_PER_NAME, image_part_tokens
 from tasks.store import prefixes
 from tasks.store.queries import slot_states

@@ -27,13 +27,9 @@ from schemas.samples import sample_type
 from schemas.settings import get_settings
 from schemas.tables import PromptPrefixRow, RequestRow
 from tasks import store
-from tasks.prompting.formats import check_format, json_schema
+from tasks.prompting.formats import check_format, json_schema, sample_kind
 from tasks.store import prefixes
 from tasks.store.queries import slot_states
-
-
-def sample_kind(type_name: str, output_format: str) -> str:  # TODO(lead): use formats.sample_kind
-    return f"{type_name}/{output_format}"
 
 # Images per step (contexts loaded, requests built, one write transaction): at least IMAGE_CHUNK, and enough
 # that a plan takes at most PLAN_STEPS steps, up to MAX_IMAGE_CHUNK. Some per-step costs grow with the database
