@@ -18,6 +18,13 @@ earlier sample of its scope group is an exact or near duplicate of it, and `dupl
 earliest such sample. Scope `image` compares samples of the same image and sample type; `global`
 compares everything. Each run recomputes the set and brings `duplicates` to it (rows of an earlier run
 with other parameters are removed, unchanged rows keep their `created_at`), so reruns add nothing.
+
+Memory (issue 16 goal 5): scope `image` runs the steps above on ranges of whole images of about
+`CHUNK_SAMPLES` samples (no group spans two ranges, so the result is the same), so memory follows the chunk,
+not the database. Scope `global` must compare every pair, so it runs once over all samples, but shingles and
+signatures exist for one run of `minhash_chunk` docs at a time: what grows with the dataset is the texts,
+their normalised copies and `bands` 8-byte bucket ids per sample (the banding join's input), plus the
+shingle sets of the samples that have a candidate.
 """
 
 from __future__ import annotations
@@ -157,20 +164,25 @@ def band_buckets(signatures: np.ndarray, bands: int, rows: int, seed: int) -> np
     return out
 
 
-def _shingle_sql(ngram: int) -> str:
+def _shingle_sql(ngram: int, where: str) -> str:
     words = ", ".join(f"w[i + {k}]" for k in range(ngram))
     return f"""
     SELECT ord, scope_key,
            CASE WHEN len(w) < {ngram} THEN [hash(norm)]
                 ELSE list_transform(range(1, len(w) - {ngram} + 2), lambda i: hash({words})) END AS shingles
     FROM (SELECT ord, scope_key, norm, list_transform(string_split(norm, ' '), lambda x: hash(x)) AS w
-          FROM docs WHERE NOT is_exact_duplicate)
+          FROM docs WHERE NOT is_exact_duplicate AND {where})
     ORDER BY ord
     """
 
 
-def find_duplicates(samples: pa.Table, params: DedupParams) -> tuple[pa.Table, dict[str, float]]:
+def find_duplicates(
+    samples: pa.Table, params: DedupParams, minhash_chunk: int = 50_000
+) -> tuple[pa.Table, dict[str, float]]:
     """Duplicates among `samples` (sample_id, image_id, sample_type, text, created_at): the core, no I/O.
+
+    Shingles and MinHash signatures are computed `minhash_chunk` docs at a time (the result does not depend
+    on it); what stays for every doc is its normalised text and `bands` bucket ids.
 
     Returns a table (sample_id, duplicate_of, method, similarity), the row counts of each step
     (`docs`, `exact`, `candidates`, `verified`) and each step's seconds (keys ending in `_s`).
@@ -209,31 +221,51 @@ def find_duplicates(samples: pa.Table, params: DedupParams) -> tuple[pa.Table, d
             UPDATE docs SET is_exact_duplicate = true WHERE ord IN (SELECT ord FROM exact);
         """)
         lap("normalise_exact_s")
-        shingles = con.sql(_shingle_sql(params.ngram)).to_arrow_table()
-        lap("shingles_s")
-        lists = shingles.column("shingles").combine_chunks()
-        values = lists.values.to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
-        offsets = lists.offsets.to_numpy()
-        buckets = band_buckets(minhash_signatures(values, offsets, params.num_perm, params.seed), bands, rows,
-                               params.seed)
+        # Shingles and signatures exist for one run of `minhash_chunk` docs at a time; every doc keeps only its
+        # `bands` bucket ids (8 bytes each), and shingle sets are built again later for candidates only.
+        n_all = con.execute("SELECT count(*) FROM docs").fetchall()[0][0]
+        pieces: list[pa.Table] = []
+        shingle_s = 0.0
+        for low in range(1, n_all + 1, minhash_chunk):
+            started = time.perf_counter()
+            shingles = con.sql(_shingle_sql(params.ngram, f"ord BETWEEN {low} AND {low + minhash_chunk - 1}"))
+            shingles = shingles.to_arrow_table()
+            shingle_s += time.perf_counter() - started
+            if not len(shingles):
+                continue
+            lists = shingles.column("shingles").combine_chunks()
+            values = lists.values.to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
+            offsets = lists.offsets.to_numpy()
+            buckets = band_buckets(minhash_signatures(values, offsets, params.num_perm, params.seed), bands, rows,
+                                   params.seed)
+            n_docs = len(shingles)
+            pieces.append(pa.table({
+                "ord": np.repeat(shingles.column("ord").to_numpy(), bands),
+                "scope_key": np.repeat(shingles.column("scope_key").to_numpy(), bands),
+                "band": np.tile(np.arange(bands, dtype=np.int16), n_docs),
+                "bucket": buckets.reshape(-1),
+            }))
+            del shingles, lists, values, offsets, buckets
         lap("minhash_s")
-        n_docs = len(shingles)
-        band_table = pa.table({
-            "ord": np.repeat(shingles.column("ord").to_numpy(), bands),
-            "scope_key": np.repeat(shingles.column("scope_key").to_numpy(), bands),
-            "band": np.tile(np.arange(bands, dtype=np.int16), n_docs),
-            "bucket": buckets.reshape(-1),
-        })
+        timings["shingles_s"] = round(shingle_s, 3)
+        timings["minhash_s"] = round(timings["minhash_s"] - shingle_s, 3)
+        band_table = pa.concat_tables(pieces) if pieces else pa.table({
+            "ord": pa.array([], pa.int64()), "scope_key": pa.array([], pa.uint64()),
+            "band": pa.array([], pa.int16()), "bucket": pa.array([], pa.uint64())})
+        del pieces
         con.register("bands_in", band_table)
-        con.register("shingles_in", shingles)
         con.execute("""
             CREATE TABLE candidates AS
             SELECT DISTINCT x.ord AS a, y.ord AS b
             FROM bands_in x JOIN bands_in y
               ON x.band = y.band AND x.bucket = y.bucket AND x.scope_key = y.scope_key AND x.ord < y.ord;
-            CREATE TABLE sets AS
-            SELECT ord, list_distinct(shingles) AS s FROM shingles_in
-            WHERE ord IN (SELECT a FROM candidates UNION SELECT b FROM candidates);
+            CREATE TABLE candidate_docs AS SELECT a AS ord FROM candidates UNION SELECT b FROM candidates;
+        """)
+        con.unregister("bands_in")
+        del band_table
+        con.execute(f"""
+            CREATE TABLE sets AS SELECT ord, list_distinct(shingles) AS s
+            FROM ({_shingle_sql(params.ngram, "ord IN (SELECT ord FROM candidate_docs)")})
         """)
         lap("banding_s")
         con.execute("""
@@ -265,23 +297,66 @@ def find_duplicates(samples: pa.Table, params: DedupParams) -> tuple[pa.Table, d
     return result, {**counts, **timings}
 
 
+CHUNK_SAMPLES = 50_000  # scope `image`: samples read and compared at a time (whole images)
+_SAMPLES_SQL = "SELECT sample_id, image_id, sample_type, text, created_at FROM samples"
+
+
+def image_chunks(image_ids: np.ndarray, sample_counts: np.ndarray, chunk_samples: int) -> list[tuple[int, int]]:
+    """(first, last) image_id ranges of about `chunk_samples` samples each, from each image's sample count
+    (sorted by image_id): chunk k holds the images whose samples start in [k, k + 1) * `chunk_samples`. Every
+    image lies in exactly one range, so no scope-`image` group spans two."""
+    if not len(image_ids):
+        return []
+    before = np.cumsum(sample_counts) - sample_counts
+    index = before // chunk_samples
+    starts = np.flatnonzero(np.diff(index, prepend=-1))
+    ends = np.append(starts[1:], len(index)) - 1
+    return [(int(image_ids[first]), int(image_ids[last])) for first, last in zip(starts, ends, strict=True)]
+
+
+def _find_in_chunks(
+    db_path: str | Path | None, params: DedupParams, chunk_samples: int
+) -> tuple[pa.Table, dict[str, float]]:
+    """`find_duplicates` over the database's samples: all at once for scope `global` (any two samples may be
+    copies), else image range by image range, summing the counts and step seconds."""
+    if chunk_samples < 1:
+        raise ValueError(f"dedup chunk_samples must be positive, got {chunk_samples}")
+    with read(db_path) as con:
+        if params.scope == "global":
+            return find_duplicates(con.sql(_SAMPLES_SQL).to_arrow_table(), params)
+        per_image = con.sql("SELECT image_id, count(*) AS n FROM samples GROUP BY 1 ORDER BY 1").fetchnumpy()
+    parts: list[pa.Table] = []
+    totals: dict[str, float] = {"docs": 0, "exact": 0, "candidates": 0, "verified": 0}
+    ranges = image_chunks(per_image["image_id"], per_image["n"], chunk_samples)
+    for first, last in ranges or [(0, -1)]:  # no samples: one empty pass
+        with read(db_path) as con:  # a read per chunk: a writer waits for one chunk's read at most
+            samples = con.sql(f"{_SAMPLES_SQL} WHERE image_id BETWEEN {int(first)} AND {int(last)}").to_arrow_table()
+        found, counts = find_duplicates(samples, params)
+        del samples
+        parts.append(found)
+        for key, value in counts.items():
+            totals[key] = round(totals.get(key, 0) + value, 3)
+    found = pa.concat_tables(parts).sort_by("sample_id")
+    return found, {k: int(v) if not k.endswith("_s") else v for k, v in totals.items()}
+
+
 def dedup(
     db_path: str | Path | None = None,
     *,
     threshold: float = 0.8,
     scope: str = "image",
     params: DedupParams | None = None,
+    chunk_samples: int = CHUNK_SAMPLES,
 ) -> DedupStats:
-    """Find exact and near duplicates in `samples` and bring the `duplicates` table to that set."""
+    """Find exact and near duplicates in `samples` and bring the `duplicates` table to that set.
+
+    Scope `image` reads and compares about `chunk_samples` samples at a time (whole images, see
+    `image_chunks`); the result does not depend on the chunk size."""
     started = time.perf_counter()
     params = params or DedupParams(threshold=threshold, scope=scope)
     bands, rows = params.banding()
     stats = DedupStats(scope=params.scope, threshold=params.threshold, bands=bands, rows=rows)
-    with read(db_path) as con:
-        samples = con.sql(
-            "SELECT sample_id, image_id, sample_type, text, created_at FROM samples"
-        ).to_arrow_table()
-    found, counts = find_duplicates(samples, params)
+    found, counts = _find_in_chunks(db_path, params, chunk_samples)
     stats.samples = counts["docs"]
     stats.exact_duplicates = counts["exact"]
     stats.candidate_pairs = counts["candidates"]
