@@ -502,15 +502,19 @@ def answer_questions(
     batch_size: int = 8,
     model_id: str | None = None,
     progress: bool = True,
+    questions: Sequence[Question] | None = None,
 ) -> InferSummary:
-    """Answer every question of `questions_path` not yet in `out`, appending one flushed batch at a time."""
+    """Answer every question of `questions_path` not yet in `out`, appending one flushed batch at a time.
+
+    `questions`: the file already read and checked by `read_questions` (not read again)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     params = params or GenerationParams()
     out = Path(out)
-    questions = read_questions(Path(questions_path), Path(image_root))
+    if questions is None:
+        questions = read_questions(Path(questions_path), Path(image_root))
     model_id = model_id or backend.default_model_id
     done = stored_answers(out, model_id)
     pending = [q for q in questions if q.record.question_id not in done]
@@ -559,8 +563,7 @@ def run_infer(
     """`infer` of both command lines: check the questions (and images) first, then load the model and answer."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    read_questions(Path(questions_path), Path(image_root))  # a bad line or a missing image fails before loading
+    questions = read_questions(Path(questions_path), Path(image_root))  # a bad line or image fails before loading
     answerer = create_backend(backend, model)
-    return answer_questions(
-        questions_path, image_root, out, answerer, params, batch_size=batch_size, model_id=model_id, progress=progress
-    )
+    return answer_questions(questions_path, image_root, out, answerer, params, batch_size=batch_size,
+                            model_id=model_id, progress=progress, questions=questions)

@@ -270,6 +270,10 @@ def generate_command(
             flush_interval_s=flush_interval, prompt_set=prompt_set, mix=parse_mix(mix),
             endpoints_file=str(endpoints.resolve()) if endpoints else None,  # a deployment's worker may run elsewhere
         )
+        if endpoints is not None:  # every problem of the file (keys included) before a progress bar starts
+            from tasks.llm.pool import load_endpoints
+
+            load_endpoints(endpoints)
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
