@@ -99,7 +99,7 @@ class GenerationProgress:
 
     def _push_loop(self) -> None:
         while not self._stop.is_set():
-            if self._changed.wait(timeout=self.interval_s):
+            if self._changed.wait(timeout=self.interval_s) and not self._stop.is_set():
                 self._changed.clear()
                 self._push()
                 self._stop.wait(self.interval_s)
@@ -110,6 +110,7 @@ class GenerationProgress:
         `warnings` (e.g. costs not counted for an unpriced model) head the summary.
         """
         self._stop.set()
+        self._changed.set()  # wake the pusher now, not at the end of its wait (up to `interval_s` per run)
         self._thread.join(timeout=10)
         self._push()
         stats = self.totals()

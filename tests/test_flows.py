@@ -390,3 +390,23 @@ def test_a_secret_block_that_cannot_be_read_fails_clearly(monkeypatch: pytest.Mo
     monkeypatch.setattr(Secret, "load", unreachable)
     with pytest.raises(generate_module.SecretBlockError, match=r"'openai-api-key'.*ConnectError.*PREFECT_API_URL"):
         generate_module.resolve_api_key(None)
+
+
+def test_progress_finish_does_not_wait_out_the_push_interval() -> None:
+    """Between changes the pusher waits up to `interval_s` for one (at the end of a generate run: while the
+    last validation and plan run); `finish` wakes it at once (it used to sit out that wait, up to a second of
+    every run's wall time, here the 10 s join timeout) and still pushes the final figures."""
+    import time
+
+    from flows.progress import GenerationProgress
+    from schemas.generation import GenerateStats
+
+    progress = GenerationProgress(interval_s=60)
+    time.sleep(0.2)  # the pusher is now waiting for a change
+    with progress._lock:  # a shard's figures, without waking the pusher
+        progress.total, progress._snapshots["shard-0"] = 3, GenerateStats(done=3)
+    started = time.monotonic()
+    totals = progress.finish(model="gpt-4o-mini")
+    assert time.monotonic() - started < 5
+    assert totals.done == 3 and not progress._thread.is_alive()
+    assert progress.percent(totals) == 100.0
