@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from flows.progress import GenerationProgress
 from schemas.flow_params import GenerateParams
@@ -78,7 +79,9 @@ class PrefectRunner(Runner):
 
     def call(self, name: str, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Run the unit as a Prefect task run named `name`."""
-        return prefect_tasks.as_task(name)(fn, *args, **kwargs)
+        # Quoted: Prefect looks through a task's arguments for futures and states, element by element, before
+        # the run starts (70 ms for a list of 5,000 request ids, 200 ms for 20,000); these hold neither.
+        return prefect_tasks.as_task(name)(fn, *map(quote, args), **{k: quote(v) for k, v in kwargs.items()})
 
     def _runner(self) -> TaskRunner[Any]:
         # Started on the first round and kept for the next ones (a Dask cluster takes seconds to start).
@@ -113,9 +116,9 @@ class PrefectRunner(Runner):
         for index, ids in enumerate(shards):
             key = (round_no, index)
             on_progress = (lambda stats, key=key: progress.report(key, stats)) if in_process else None
-            future = runner.submit(shard_task, parameters={
-                "fn": send_requests, "args": (ids, db, config),
-                "kwargs": {"limiter": self.limiter, "on_progress": on_progress},
+            future = runner.submit(shard_task, parameters={  # quoted: see `call`
+                "fn": send_requests, "args": quote((ids, db, config)),
+                "kwargs": quote({"limiter": self.limiter, "on_progress": on_progress}),
             })
             futures[future] = index
         results: list[GenerateStats] = []
