@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 from schemas.llava import IMAGE_PLACEHOLDER, LlavaRecord, LlavaTurn
 from schemas.samples import SAMPLE_TYPES, question_answer_pairs, sample_type
 from tasks.ingest.coco import path_problem
-from tasks.store import read
+from tasks.store import memory_limit, read
 
 INSTRUCTIONS_DIR = Path(__file__).parent / "instructions"
 INSTRUCT_FILE = "llava_instruct"
@@ -397,7 +397,7 @@ def export(
                 continue
             if keep(record.image):
                 files[PRETRAIN_FILE].add(record.to_json())
-        con.execute("RESET memory_limit")  # an instance another connection shares keeps its own setting
+        con.execute(f"SET memory_limit = '{memory_limit()}'")  # an instance another connection shares: the store's
     for stem, file in files.items():
         result.paths += file.close()
         result.counts[stem] = file.count

@@ -221,13 +221,23 @@ def connect(
     while True:
         try:
             if read_only:
-                return duckdb.connect(str(db), read_only=True)
-            return duckdb.connect(str(db), config={"storage_compatibility_version": STORAGE_COMPATIBILITY})
+                con = duckdb.connect(str(db), read_only=True)
+            else:
+                con = duckdb.connect(str(db), config={"storage_compatibility_version": STORAGE_COMPATIBILITY})
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _is_lock_error(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
+            continue
+        # SET, not `config=`: a connection with its own config cannot join an instance the process has open.
+        con.execute(f"SET memory_limit = '{memory_limit()}'")
+        return con
+
+
+def memory_limit() -> str:
+    """DuckDB's memory for each database this process opens (the `duckdb_memory_limit` setting)."""
+    return get_settings().duckdb_memory_limit
 
 
 @contextmanager
