@@ -9,11 +9,15 @@ own prompt set, structured). Sides (`--sides`, default `before after`):
   chunks of `plan.IMAGE_CHUNK` images), schema 4; its ids must equal `before`'s (checked);
 - `schema-3`: the current code with every `requests` row holding its full messages (`plan.SHARE_PREFIXES =
   False`: the schema-3 rows and ids, `store.stable_hash` over the full messages per request);
-- `pk-indexed`: schema 3 with a PRIMARY KEY index on every table (schema 2).
+- `pk-indexed`: schema 3 with a PRIMARY KEY index on every table (schema 2);
+- `steps-by-size`: the current code with the step policy before fixed steps (commit d51eed7: steps of
+  N/32 images, at least 10,000 and at most 50,000).
 
 Figures: the wall time of `plan_requests` alone (context loading, messages, token counts, hashing,
-inserts), the file's growth by planning per request (what the requests cost on disk), and the whole
-file (images, captions and objects included) per request.
+inserts), the process's highest RSS while it plans (VmHWM, reset before it; the process holds the synthetic
+database's build before, so compare sides, not absolute values across sizes), the file's growth by
+planning per request (what the requests cost on disk), and the whole file (images, captions and objects
+included) per request.
 
     python bench/plan_scale.py --requests 40000 158000
     python bench/plan_scale.py --requests 1580000 --sides after --json plan.json
@@ -36,7 +40,7 @@ from schemas.tables import ALL_TABLES
 from tasks.prompting import plan as plan_module
 from tasks.prompting.plan import plan_requests
 
-SIDES = ("before", "after", "schema-3", "pk-indexed")
+SIDES = ("before", "after", "schema-3", "pk-indexed", "steps-by-size")
 
 
 @contextmanager
@@ -59,29 +63,43 @@ def indexed_store(indexed: bool) -> Iterator[None]:
 
 
 @contextmanager
-def store_side(side: str) -> Iterator[None]:
+def store_side(side: str, n: int) -> Iterator[None]:
     """Plan as `side` does: before/after share prefixes (schema 4); schema-3 and pk-indexed store full messages."""
-    plan_module.SHARE_PREFIXES = side in ("before", "after")
+    plan_module.SHARE_PREFIXES = side in ("before", "after", "steps-by-size")
+    step = plan_module.IMAGE_CHUNK
+    if side == "steps-by-size":
+        plan_module.IMAGE_CHUNK = max(10_000, min(50_000, -(-n // 32)))
     try:
         with indexed_store(side == "pk-indexed"):
             yield
     finally:
         plan_module.SHARE_PREFIXES = True
+        plan_module.IMAGE_CHUNK = step
+
+
+def _status_mib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) // 1024 for line in status if line.startswith(field + ":"))
 
 
 def plan_once(n: int, side: str) -> tuple[dict[str, float], list[str]]:
     """Seconds to plan n requests in a fresh database, what the file holds before and after, and the ids."""
     planner = plan_requests_before if side == "before" else plan_requests
-    with tempfile.TemporaryDirectory(dir=os.environ.get("VISTUNE_BENCH_TMP")) as tmp, store_side(side):
+    with tempfile.TemporaryDirectory(dir=os.environ.get("VISTUNE_BENCH_TMP")) as tmp, store_side(side, n):
         db = Path(tmp) / "plan.duckdb"
         synthetic_images(db, n)
         before = db.stat().st_size
+        with open("/proc/self/clear_refs", "w") as refs:  # "5": reset VmHWM to the current RSS (Linux)
+            refs.write("5")
+        rss_before = _status_mib("VmRSS")
         start = time.perf_counter()
         plan = planner(db, sample_types=["complex_reasoning"], model="gpt-4o-mini")
         seconds = time.perf_counter() - start
+        peak = _status_mib("VmHWM")
         assert plan.pending == n, plan.pending
         after = db.stat().st_size
-        return {"seconds": seconds, "bytes_before": before, "bytes_after": after}, plan.request_ids
+        return {"seconds": seconds, "bytes_before": before, "bytes_after": after, "rss_before_mib": rss_before,
+                "peak_rss_mib": peak}, plan.request_ids
 
 
 def main() -> None:
@@ -89,11 +107,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, nargs="+", default=[40_000, 158_000])
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=["before", "after"])
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--step", type=int, default=None,
+                        help=f"images per plan step for the current code (default {plan_module.IMAGE_CHUNK:,})")
     args = parser.parse_args()
+    if args.step:
+        plan_module.IMAGE_CHUNK = args.step
     sides = args.sides
     rows = []
-    print(f"{'requests':>9} {'store':>10} {'seconds':>8} {'s per 1K':>9} {'plan B/req':>10} {'file B/req':>10} "
-          f"{'file MiB':>8}")
+    print(f"{'requests':>9} {'store':>13} {'seconds':>8} {'s per 1K':>9} {'RSS MiB':>15} {'plan B/req':>10} "
+          f"{'file B/req':>10} {'file MiB':>8}")
     for n in args.requests:
         ids_of: dict[str, list[str]] = {}
         for side in sides:
@@ -102,9 +124,11 @@ def main() -> None:
                    "s_per_1k": round(got["seconds"] / n * 1000, 3),
                    "plan_bytes_per_request": round((got["bytes_after"] - got["bytes_before"]) / n),
                    "file_bytes_per_request": round(got["bytes_after"] / n),
-                   "file_mib": round(got["bytes_after"] / 2**20, 1)}
+                   "file_mib": round(got["bytes_after"] / 2**20, 1), "rss_before_mib": got["rss_before_mib"],
+                   "peak_rss_mib": got["peak_rss_mib"]}
             rows.append(row)
-            print(f"{n:>9,} {side:>10} {row['seconds']:>8.1f} {row['s_per_1k']:>9.3f} "
+            rss = f"{got['rss_before_mib']:,} -> {got['peak_rss_mib']:,}"
+            print(f"{n:>9,} {side:>13} {row['seconds']:>8.1f} {row['s_per_1k']:>9.3f} {rss:>15} "
                   f"{row['plan_bytes_per_request']:>10,} {row['file_bytes_per_request']:>10,} {row['file_mib']:>8.1f}",
                   flush=True)
         if "before" in ids_of and "after" in ids_of:
