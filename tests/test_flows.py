@@ -398,15 +398,22 @@ def test_progress_finish_does_not_wait_out_the_push_interval() -> None:
     every run's wall time, here the 10 s join timeout) and still pushes the final figures."""
     import time
 
+    from prefect import flow
+
     from flows.progress import GenerationProgress
     from schemas.generation import GenerateStats
 
-    progress = GenerationProgress(interval_s=60)
-    time.sleep(0.2)  # the pusher is now waiting for a change
-    with progress._lock:  # a shard's figures, without waking the pusher
-        progress.total, progress._snapshots["shard-0"] = 3, GenerateStats(done=3)
-    started = time.monotonic()
-    totals = progress.finish(model="gpt-4o-mini")
-    assert time.monotonic() - started < 5
+    @flow
+    def finish_after_idle() -> tuple[float, GenerateStats, GenerationProgress]:
+        progress = GenerationProgress(interval_s=60)
+        time.sleep(0.2)  # the pusher is now waiting for a change
+        with progress._lock:  # a shard's figures, without waking the pusher
+            progress.total, progress._snapshots["shard-0"] = 3, GenerateStats(done=3)
+        started = time.monotonic()
+        totals = progress.finish(model="gpt-4o-mini")
+        return time.monotonic() - started, totals, progress
+
+    seconds, totals, progress = finish_after_idle()
+    assert seconds < 5
     assert totals.done == 3 and not progress._thread.is_alive()
     assert progress.percent(totals) == 100.0
