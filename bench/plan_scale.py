@@ -10,8 +10,8 @@ own prompt set, structured). Sides (`--sides`, default `before after`):
 - `schema-3`: the current code with every `requests` row holding its full messages (`plan.SHARE_PREFIXES =
   False`: the schema-3 rows and ids, `store.stable_hash` over the full messages per request);
 - `pk-indexed`: schema 3 with a PRIMARY KEY index on every table (schema 2);
-- `steps-by-size`: the current code with the step policy before fixed steps (commit d51eed7: steps of
-  N/32 images, at least 10,000 and at most 50,000).
+- `steps-by-size`: the current code with its own step policy (steps of N/32 images, 10,000 to 50,000) even
+  when `--step N` gives the other sides fixed steps of N images.
 
 Figures: the wall time of `plan_requests` alone (context loading, messages, token counts, hashing,
 inserts), the process's highest RSS while it plans (VmHWM, reset before it; the process holds the synthetic
@@ -41,6 +41,7 @@ from tasks.prompting import plan as plan_module
 from tasks.prompting.plan import plan_requests
 
 SIDES = ("before", "after", "schema-3", "pk-indexed", "steps-by-size")
+FIXED_STEP: int | None = None  # `--step`
 
 
 @contextmanager
@@ -66,15 +67,15 @@ def indexed_store(indexed: bool) -> Iterator[None]:
 def store_side(side: str, n: int) -> Iterator[None]:
     """Plan as `side` does: before/after share prefixes (schema 4); schema-3 and pk-indexed store full messages."""
     plan_module.SHARE_PREFIXES = side in ("before", "after", "steps-by-size")
-    step = plan_module.IMAGE_CHUNK
-    if side == "steps-by-size":
-        plan_module.IMAGE_CHUNK = max(10_000, min(50_000, -(-n // 32)))
+    steps = plan_module.IMAGE_CHUNK, plan_module.MAX_IMAGE_CHUNK
+    if FIXED_STEP and side != "steps-by-size":  # `--step`: every step that many images
+        plan_module.IMAGE_CHUNK = plan_module.MAX_IMAGE_CHUNK = FIXED_STEP
     try:
         with indexed_store(side == "pk-indexed"):
             yield
     finally:
         plan_module.SHARE_PREFIXES = True
-        plan_module.IMAGE_CHUNK = step
+        plan_module.IMAGE_CHUNK, plan_module.MAX_IMAGE_CHUNK = steps
 
 
 def _status_mib(field: str) -> int:
@@ -108,10 +109,11 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=["before", "after"])
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--step", type=int, default=None,
-                        help=f"images per plan step for the current code (default {plan_module.IMAGE_CHUNK:,})")
+                        help="fixed steps of this many images for every side but steps-by-size "
+                             "(default: the current policy, N/32 images, 10,000 to 50,000)")
     args = parser.parse_args()
-    if args.step:
-        plan_module.IMAGE_CHUNK = args.step
+    global FIXED_STEP
+    FIXED_STEP = args.step
     sides = args.sides
     rows = []
     print(f"{'requests':>9} {'store':>13} {'seconds':>8} {'s per 1K':>9} {'RSS MiB':>15} {'plan B/req':>10} "

@@ -31,11 +31,15 @@ from tasks.prompting.formats import check_format, json_schema, sample_kind
 from tasks.store import prefixes
 from tasks.store.queries import slot_states
 
-# Images per step (contexts loaded, requests built, one write transaction). Fixed, so a step's memory does not
-# grow with the plan (a step of 50,000 images held ~0.4 GB more than one of 10,000, mostly DuckDB's). The
-# context queries read only the step's range of image ids (they scanned the captions and objects tables every
-# step); what still grows per step is the check of stored request ids, a scan of one key column.
+# Images per step (contexts loaded, requests built, one write transaction): at least IMAGE_CHUNK, and enough
+# that a plan takes at most PLAN_STEPS steps, up to MAX_IMAGE_CHUNK. Some per-step costs grow with the database
+# (the key check scans the stored request ids, each write connection's checkpoint), so a fixed step size made
+# planning quadratic. Fixed steps of 10,000 were tried again once DuckDB's memory was capped: at 1.58M they took
+# 132 s against 109 s and saved only ~0.1 GB (bench/plan_scale.py, steps-by-size). The context queries read only
+# the step's range of image ids.
 IMAGE_CHUNK = 10_000
+PLAN_STEPS = 32
+MAX_IMAGE_CHUNK = 50_000
 # Rows keep their shared prefix once (schema 4). False plans the way schema 3 did: full messages in every row,
 # ids from `store.stable_hash` (bench/plan_scale.py's "old" side; the ids are the same either way).
 SHARE_PREFIXES = True
@@ -199,7 +203,8 @@ def plan_requests(
     stored_prefixes: set[str] = set()
     kinds = {t: sample_kind(t, output_format) for t in types}
     params_cell: dict[tuple[str, int], str] = {}  # (type, regeneration) -> the params column's JSON text
-    for chunk in _chunks(ids, IMAGE_CHUNK):
+    step = max(IMAGE_CHUNK, min(MAX_IMAGE_CHUNK, -(-len(ids) // PLAN_STEPS)))
+    for chunk in _chunks(ids, step):
         with store.read(db) as con:
             contexts = load_contexts(con, list(chunk))
         # The rows as columns (`store.insert_columns`), built here without a row model per request.
