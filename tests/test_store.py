@@ -196,3 +196,13 @@ def test_store_connections_cap_duckdb_memory(db_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("VISTUNE_DUCKDB_MEMORY_LIMIT", "lots")
     with pytest.raises(ValidationError, match="VISTUNE_DUCKDB_MEMORY_LIMIT='lots' is not a DuckDB size"):
         store.connect(db_path, read_only=True)
+
+
+def test_a_bad_setting_is_one_line_naming_it_not_a_traceback(tmp_path: Path) -> None:
+    env = {**__import__("os").environ, "VISTUNE_DB": str(tmp_path / "x.duckdb"), "VISTUNE_DUCKDB_MEMORY_LIMIT": "lots"}
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['vistune', 'sql', 'select 1']; "
+                           "from flows.cli import main; main()"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert ("error: setting VISTUNE_DUCKDB_MEMORY_LIMIT: VISTUNE_DUCKDB_MEMORY_LIMIT='lots' is not a DuckDB size"
+            in done.stderr)
+    assert "Traceback" not in done.stderr

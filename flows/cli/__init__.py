@@ -6,6 +6,7 @@ import importlib
 import sys
 
 import typer
+from pydantic import ValidationError
 
 app = typer.Typer(
     name="vistune",
@@ -62,3 +63,11 @@ def main() -> None:
     except FileNotFoundError as exc:  # a last resort: commands report their own missing files in one line
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except ValidationError as exc:
+        if exc.title != "Settings":  # a bug, not the user's input: keep the traceback
+            raise
+        for error in exc.errors():  # a bad environment variable, `.env` or `vistune.toml` value: one line each
+            name = ".".join(map(str, error["loc"])) or "settings"
+            print(f"error: setting {name}: {error['msg'].removeprefix('Value error, ')} "
+                  f"(from the environment, .env or vistune.toml)", file=sys.stderr)
+        sys.exit(2)
