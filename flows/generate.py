@@ -10,15 +10,23 @@ retries a failed shard, and the engine skips what the failed attempt already ans
 by construction: the plan only holds requests without a good response, so the nightly schedule
 sends only what is new. `max_cost_usd` is one budget for the whole flow run (`budget_id` = the
 flow run's id), shared by every shard and round.
+
+The flow is `async` only for Prefect's engine: the sync engine waits for its heartbeat thread, which sleeps in
+1 s steps, at the end of every run (0-1 s; bench/prefect_overhead.py), and the async one does not. The work
+itself is synchronous and runs in a worker thread that carries the flow run's context, so Prefect's dual
+sync/async calls made there (blocks, artifacts) must say `_sync=True`, or they return a coroutine. From Python:
+`asyncio.run(generate_flow(params))`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.context import SyncClientContext
 from prefect.runtime import flow_run
 from pydantic import SecretStr
 
@@ -55,7 +63,7 @@ def resolve_api_key(secret_block: str | None, logger: Any = None) -> SecretStr |
     from prefect.blocks.system import Secret
 
     try:
-        block = Secret.load(block_name)
+        block = Secret.load(block_name, _sync=True)  # also inside the async flow's thread
     except ValueError as exc:
         # Prefect raises ValueError from ObjectNotFound for a missing block; other ValueErrors (a
         # document that does not validate as a Secret) are real failures.
@@ -90,9 +98,21 @@ def _limiter(params: GenerateParams, db: Path) -> SharedRateLimiter | None:  # t
 
 
 @flow(name="generate", log_prints=True)
-def generate_flow(params: GenerateParams | None = None) -> GenerateStats:  # type: ignore[valid-type]
+async def generate_flow(params: GenerateParams | None = None) -> GenerateStats:  # type: ignore[valid-type]
     """Send every planned request that lacks a good response, in rounds; progress is a live artifact."""
-    params = params or GenerateParams()
+    return await asyncio.to_thread(_generate, params or GenerateParams())
+
+
+def _generate(params: GenerateParams) -> GenerateStats:  # type: ignore[valid-type]
+    """The flow's body, in a worker thread (`asyncio.to_thread` copies the flow run's context into it)."""
+    # One sync API client for every Prefect call made from here: task runs, artifacts, progress pushes. The async
+    # engine leaves none for this thread, and each call would open its own (~25 ms of CPU: it builds an SSL context).
+    with SyncClientContext.get_or_create():
+        return _generate_with_client(params)
+
+
+def _generate_with_client(params: GenerateParams) -> GenerateStats:  # type: ignore[valid-type]
+    """`_generate` once the client is open."""
     logger = get_run_logger()
     db = resolve_db(params.db_path)
     ctx = pipeline.Context(db=db, api_key=resolve_api_key(params.secret_block, logger))

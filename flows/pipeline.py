@@ -17,7 +17,9 @@ then does no work on an unchanged database (generation already sends only what i
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +50,12 @@ SUBFLOWS: dict[str, Callable[[Any], Any]] = {
     "train": train_flow,
     "evaluate": answer_and_judge_flow,  # the set exists: answers, judging, report
 }
+
+
+def run_subflow(section: str, config: Any) -> Any:
+    """Run a section's subflow and return its result; an async one (generate) runs to its end here."""
+    out = SUBFLOWS[section](config)
+    return asyncio.run(out) if inspect.iscoroutine(out) else out
 
 
 # ---------------------------------------------------------------- skip training on an unchanged dataset
@@ -232,13 +240,13 @@ def pipeline_flow(params: PipelineParams | None = None) -> dict[str, Any]:
                     result[section] = child.summary()
                     ran = f"; trained by {child.deployment} run {child.link()} on {child.where()}"
                 else:
-                    result[section] = SUBFLOWS[section](config)
+                    result[section] = run_subflow(section, config)
                     ran = "; trained in this run"
                 record_trained(checkpoint, fingerprint, export_dir)
                 training = (f"checkpoint `{checkpoint}`" if checkpoint
                             else "done (checkpoint: see the train config)") + ran
                 continue
-            out = SUBFLOWS[section](config)
+            out = run_subflow(section, config)
             result[section] = out.model_dump() if section == "generate" else out
     except Exception as exc:
         create_markdown_artifact(key=SUMMARY_KEY, description="what this pipeline run did (failed)",

@@ -3,6 +3,7 @@
 Shards report `GenerateStats` snapshots from their own threads; storing a snapshot is a dict
 assignment under a lock. A background thread pushes the totals to the progress artifact at most
 once per `interval_s`, so no HTTP call to the Prefect server ever runs inside a shard's event loop.
+Its artifact calls say `_sync=True`: the generate flow is async (flows/generate.py), but this runs in threads.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class GenerationProgress:
         self.artifact_id = create_progress_artifact(
             progress=0.0 if total else 100.0, key=PROGRESS_KEY,
             description=f"0/{total:,} requests (nothing to send)" if not total else f"0/{total:,} requests",
+            _sync=True,
         )
-        # The pusher needs the flow's Prefect context (API URL, client settings): copy it over.
+        # The pusher needs the flow's Prefect context (API URL, the run's API client): copy it over.
         context = contextvars.copy_context()
         self._thread = threading.Thread(target=context.run, args=(self._push_loop,), daemon=True)
         self._thread.start()
@@ -93,7 +95,8 @@ class GenerationProgress:
 
     def _push(self) -> None:
         stats = self.totals()
-        update_progress_artifact(self.artifact_id, self.percent(stats), description=describe(stats, self.total))
+        update_progress_artifact(self.artifact_id, self.percent(stats), description=describe(stats, self.total),
+                                 _sync=True)
         for listener in list(_listeners):
             listener(stats, self.total)
 
@@ -126,9 +129,11 @@ class GenerationProgress:
                 f"- cost: ${stats.cost_usd:,.4f}\n"
             ),
             description="generation summary",
+            _sync=True,
         )
         rows = [{"status": status, "attempts": n, "final": stats.final_by_status.get(status, 0)}
                 for status, n in sorted(stats.attempts_by_status.items())]
         if rows:
-            create_table_artifact(table=rows, key=f"{SUMMARY_KEY}-statuses", description="attempts by status")
+            create_table_artifact(table=rows, key=f"{SUMMARY_KEY}-statuses", description="attempts by status",
+                                  _sync=True)
         return stats

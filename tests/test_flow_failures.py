@@ -7,6 +7,7 @@ and `vistune run` exits non-zero with the same message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Callable
@@ -46,8 +47,8 @@ def test_no_key_and_the_default_openai_url_fails_at_once(
     db_path: Path, sample_coco: Path, no_key: None, base_url: str | None
 ) -> None:
     ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
-    state = generate_flow(GenerateParams(db_path=str(db_path), base_url=base_url, model="gpt-4o-mini"),
-                          return_state=True)
+    state = asyncio.run(generate_flow(GenerateParams(db_path=str(db_path), base_url=base_url, model="gpt-4o-mini"),
+                          return_state=True))
     assert "no API key" in failed_message(state) and "OPENAI_API_KEY" in state.message
     assert store.table_counts(db_path)["responses"] == 0  # nothing was sent
 
@@ -55,9 +56,9 @@ def test_no_key_and_the_default_openai_url_fails_at_once(
 def test_generate_where_every_request_failed_fails_its_flow(db_path: Path, sample_coco: Path) -> None:
     ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
     with start_simulator(SimConfig(fault_5xx=1.0)) as sim:
-        state = generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",
-                                             sample_types=["conversation"], limit_images=2, max_attempts=1),
-                              return_state=True)
+        params = GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",
+                                sample_types=["conversation"], limit_images=2, max_attempts=1)
+        state = asyncio.run(generate_flow(params, return_state=True))
     message = failed_message(state)
     assert "failed" in message and ("server_error" in message or "all 2 requests failed" in message), message
 

@@ -79,7 +79,7 @@ def test_generate_rerun_sends_nothing_and_adds_no_row(db_path: Path, sample_coco
     ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
     params = GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
                             shard_size=5, max_workers=2, rpm=60_000)
-    first = generate_flow(params)
+    first = asyncio.run(generate_flow(params))
     planned = store.table_counts(db_path)["requests"]
     assert planned == 12  # 4 images x 3 sample types, in 3 shards
     assert first.done == 12 and first.failed == 0
@@ -93,10 +93,37 @@ def test_generate_rerun_sends_nothing_and_adds_no_row(db_path: Path, sample_coco
 
     before = data_counts(db_path)
     ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
-    again = generate_flow(params)
+    again = asyncio.run(generate_flow(params))
     assert chat_calls(sim) == 12  # not one request sent again
     assert data_counts(db_path) == before
     assert (again.done, again.failed, again.attempts) == (0, 0, 0)
+
+
+def test_a_generate_run_opens_one_sync_api_client_for_all_its_tasks_and_artifacts(
+    db_path: Path, sample_coco: Path, sim: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow is async, so Prefect does not hand its worker thread a sync client: without one opened there,
+    every task run, artifact and progress push builds its own (~25 ms of CPU each, bench/prefect_overhead.py)."""
+    import traceback
+
+    from prefect.client.orchestration import SyncPrefectClient
+
+    ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
+    opened_by_the_flow_body: list[str] = []  # (Prefect's engine opens one of its own while it sets the run up)
+    real_init = SyncPrefectClient.__init__
+
+    def counting_init(self: SyncPrefectClient, *args: object, **kwargs: object) -> None:
+        stack = traceback.extract_stack()
+        if any(frame.filename.endswith(("flows/generate.py", "flows/progress.py")) for frame in stack):
+            opened_by_the_flow_body.append("".join(traceback.format_list(stack[-6:])))
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SyncPrefectClient, "__init__", counting_init)
+    params = GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
+                            shard_size=3, max_workers=2)
+    stats = asyncio.run(generate_flow(params))
+    assert stats.done == 12  # in 4 shards, plus the plan, validate and plan-again task runs, and 3+ artifacts
+    assert len(opened_by_the_flow_body) == 1, "\n----\n".join(opened_by_the_flow_body)
 
 
 def test_pipeline_publishes_the_report_and_a_rerun_changes_nothing(
@@ -131,9 +158,9 @@ def test_batch_mode_runs_one_batch_task_and_resumes_nothing_twice(
     with start_simulator(SimConfig(batch_delay_s=0.2)) as sim:
         params = GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini", mode="batch",
                                 batch_poll_s=0.2)
-        stats = generate_flow(params)
+        stats = asyncio.run(generate_flow(params))
         assert stats.done == 12
-        assert generate_flow(params).done == 0
+        assert asyncio.run(generate_flow(params)).done == 0
         assert sum(1 for r in list(sim.log) if r.path == "/v1/batches" and r.method == "POST") == 1
     assert ok_per_request(db_path) == [1] * 12
 
@@ -173,7 +200,7 @@ def test_a_shard_that_fails_once_is_retried_without_duplicates(
     monkeypatch.setattr(generate_module, "build_limiter", flaky_limiter)
     params = GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
                             shard_size=12, max_workers=1, rpm=60_000, shard_retries=1)
-    stats = generate_flow(params)
+    stats = asyncio.run(generate_flow(params))
     assert limiters[0].failed  # the shard did crash once, Prefect ran it a second time ...
     assert asyncio.run(latest_run("generate"))[1] == [2]
     assert ok_per_request(db_path) == [1] * 12  # ... and still every request has exactly one good response
@@ -235,8 +262,9 @@ def test_api_key_from_a_secret_block_reaches_the_endpoint_but_no_log(
 
     monkeypatch.setattr(llm_client, "make_client", spy)
     with start_simulator(SimConfig()) as sim:
-        stats = generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",
-                                             sample_types=["conversation"], limit_images=1))
+        stats = asyncio.run(generate_flow(GenerateParams(
+            db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini", sample_types=["conversation"],
+            limit_images=1)))
     assert stats.done == 1
     assert seen == [secret]
     logs = asyncio.run(all_logs())
@@ -271,9 +299,9 @@ def test_the_flow_passes_transport_temperature_and_max_tokens_to_the_engine(
     from tests.test_pipeline import assert_engine_got
 
     ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
-    stats = generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
+    stats = asyncio.run(generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
                                          sample_types=["conversation"], limit_images=2, transport="sdk",
-                                         temperature=0.7, max_tokens=300))
+                                         temperature=0.7, max_tokens=300)))
     assert stats.done == 2
     assert_engine_got(db_path, transport="sdk", temperature=0.7, max_tokens=300)
 
@@ -290,8 +318,8 @@ def test_the_whole_budget_and_the_flow_run_id_reach_every_shard(
         return real(ids, db, config, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(runner_module, "send_requests", spy)
-    generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
-                                 shard_size=4, max_cost_usd=5.0))
+    asyncio.run(generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
+                                 shard_size=4, max_cost_usd=5.0)))
     assert len(configs) == 3  # 12 requests in shards of 4
     assert {c.max_cost_usd for c in configs} == {5.0}  # type: ignore[attr-defined]  (not 5 / 3 each)
     budget_ids = {c.budget_id for c in configs}  # type: ignore[attr-defined]
@@ -325,8 +353,8 @@ def test_every_failed_shard_is_named_in_the_error(
         return real(ids, db, config, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(runner_module, "send_requests", two_fail)
-    state = generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
-                                         shard_size=4, max_workers=1, shard_retries=0), return_state=True)
+    state = asyncio.run(generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="gpt-4o-mini",  # type: ignore[attr-defined]
+                                         shard_size=4, max_workers=1, shard_retries=0), return_state=True))
     assert state.is_failed()
     with pytest.raises(Exception, match="2 of 3 shard") as info:
         state.result()
@@ -339,8 +367,8 @@ def test_an_unpriced_model_is_warned_about_in_the_log_and_the_summary(
     db_path: Path, sample_coco: Path, sim: object
 ) -> None:
     ingest_flow(IngestParams(coco_dir=str(sample_coco), db_path=str(db_path)))
-    generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="my-local-llama",  # type: ignore[attr-defined]
-                                 sample_types=["conversation"], limit_images=1))
+    asyncio.run(generate_flow(GenerateParams(db_path=str(db_path), base_url=sim.base_url, model="my-local-llama",  # type: ignore[attr-defined]
+                                 sample_types=["conversation"], limit_images=1)))
     artifacts, _ = asyncio.run(latest_run("generate"))
     summary = str(artifacts["generation-summary"])
     assert "Warning" in summary and "my-local-llama" in summary and "prices.toml" in summary

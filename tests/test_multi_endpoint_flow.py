@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -24,8 +25,8 @@ def test_the_generate_flow_sends_its_shards_to_every_endpoint_through_shared_buc
     with start_simulator(SimConfig()) as one, start_simulator(SimConfig()) as two:
         endpoints = write_endpoints(tmp_path / "endpoints.toml", {
             "one": {"base_url": one.base_url, "rpm": 3000}, "two": {"base_url": two.base_url, "rpm": 3000}})
-        stats = generate_flow(GenerateParams(db_path=str(db_path), model="gpt-4o-mini", shard_size=4, max_workers=3,
-                                             endpoints_file=str(endpoints)))
+        stats = asyncio.run(generate_flow(GenerateParams(db_path=str(db_path), model="gpt-4o-mini", shard_size=4,
+                                                         max_workers=3, endpoints_file=str(endpoints))))
         assert stats.done == 12 and stats.failed == 0  # 4 images x 3 types in 3 shards
         assert len(served_ok(one, two)) == 12 and max(served_ok(one, two).values()) == 1
     assert set(stats.by_endpoint) == {"one", "two"}  # the shards' counts, added up
