@@ -9,11 +9,14 @@ validate, then plan again and find nothing new).
 - flow:       `flows.generate.generate_flow` on a temporary Prefect server (started before timing):
               one task run per shard, retries armed, live progress artifact; shards sized from the
               plan and the worker count (`plan.shard_size_for`) unless `--shard-size` is given;
-- flow-500:   the same flow with the former fixed shards of 500 requests.
+- flow-500:   the same flow with the former fixed shards of 500 requests;
+- flow-sync:  the same flow body as a synchronous flow, as it was before: Prefect's sync engine joins its
+              heartbeat thread, which sleeps in 1 s steps, when each run ends.
 Both plain and flow use the same shard sizes. Overhead = (flow wall - plain wall) / flow wall, per
 round and over all rounds (`--rounds`, every other one in reverse order). Goal (issue 16): <= 3% at
 20,000 and at 158,000 requests.
 
+    python -m bench.prefect_overhead --requests 20000 --sides plain flow flow-sync --rounds 8 --fixed-runs 12
     python -m bench.prefect_overhead --requests 20000 --sides plain flow flow-500 --rounds 4
     python -m bench.prefect_overhead --requests 158000 --sides plain flow --rounds 2
 """
@@ -21,14 +24,18 @@ round and over all rounds (`--rounds`, every other one in reverse order). Goal (
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -41,7 +48,8 @@ from tests.sim import SimConfig, start_simulator_process
 
 SAMPLE_TYPE = "complex_reasoning"
 MODEL = "gpt-4o-mini"
-SIDES = ("plain", "flow", "flow-500")
+SIDES = ("plain", "flow", "flow-500", "flow-sync")
+FLOW_SIDES = SIDES[1:]
 OLD_SHARD_SIZE = 500
 
 
@@ -78,15 +86,43 @@ def run_plain(db: Path, base_url: str, shard_size: int | None, max_workers: int,
     return time.perf_counter() - start, stats.done, runner.shards
 
 
-def run_flow(db: Path, base_url: str, shard_size: int | None, max_workers: int, concurrency: int
-             ) -> tuple[float, int]:
-    """The `generate` flow (server already up). Returns (wall seconds, good responses)."""
+@functools.cache
+def sync_generate_flow() -> Any:
+    """The generate flow as it was before it became async: the same body under Prefect's sync engine."""
+    from prefect import flow
+
+    from flows.generate import _generate
+
+    @flow(name="generate", log_prints=True)
+    def generate_sync(params: GenerateParams) -> GenerateStats:  # type: ignore[valid-type]
+        return _generate(params)
+
+    return generate_sync
+
+
+def run_flow(db: Path, base_url: str, shard_size: int | None, max_workers: int, concurrency: int,
+             *, side: str = "flow") -> tuple[float, int]:
+    """The `generate` flow (server already up) as `side` runs it. Returns (wall seconds, good responses)."""
     from flows.generate import generate_flow
 
     os.environ["OPENAI_API_KEY"] = "sk-bench"  # read by the flow's settings; never a parameter
+    params = params_for(db, base_url, shard_size, max_workers, concurrency)
     start = time.perf_counter()
-    stats = generate_flow(params_for(db, base_url, shard_size, max_workers, concurrency))
+    stats = sync_generate_flow()(params) if side == "flow-sync" else asyncio.run(generate_flow(params))
     return time.perf_counter() - start, stats.done
+
+
+def fixed_costs(db: Path, base_url: str, sides: Sequence[str], runs: int, max_workers: int, concurrency: int
+                ) -> dict[str, float]:
+    """Median wall seconds per side of `runs` runs on an answered database (plan, nothing to send, validate)."""
+    walls: dict[str, list[float]] = {side: [] for side in sides}
+    for run_no in range(runs):
+        for side in sides if run_no % 2 == 0 else list(reversed(sides)):
+            if side == "plain":
+                walls[side].append(run_plain(db, base_url, None, max_workers, concurrency)[0])
+            else:
+                walls[side].append(run_flow(db, base_url, None, max_workers, concurrency, side=side)[0])
+    return {side: round(statistics.median(w), 3) for side, w in walls.items()}
 
 
 def main() -> None:
@@ -100,6 +136,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--reuse", action="store_true", help="reuse workdir/planned.duckdb from an earlier run")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the sides, every other round in reverse order")
+    parser.add_argument("--fixed-runs", type=int, default=0,
+                        help="also time this many runs per side on the warm-up database once all is answered: the "
+                             "fixed cost of a run that sends nothing (steadier than the ratio on a shared machine)")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # one line per task run would time the terminal
@@ -127,6 +166,15 @@ def main() -> None:
         synthetic_images(warm, 200)
         run_plain(warm, sim.base_url, None, args.max_workers, args.concurrency)
         run_flow(warm, sim.base_url, None, args.max_workers, args.concurrency)
+        if "flow-sync" in args.sides:
+            warm = workdir / "warmup-sync.duckdb"  # not yet answered: a real run
+            warm.unlink(missing_ok=True)
+            synthetic_images(warm, 200)
+            run_flow(warm, sim.base_url, None, args.max_workers, args.concurrency, side="flow-sync")
+        if args.fixed_runs:
+            result["fixed_cost_s"] = fixed_costs(warm, sim.base_url, args.sides, args.fixed_runs,
+                                                 args.max_workers, args.concurrency)
+            print("fixed cost of a run with nothing to send, median s:", result["fixed_cost_s"], flush=True)
         for round_no in range(args.rounds):
             # Odd rounds reverse the order, so a drift in the machine's load favours no side.
             order = list(args.sides) if round_no % 2 == 0 else list(reversed(args.sides))
@@ -138,19 +186,20 @@ def main() -> None:
                 if side == "plain":
                     wall, done, _ = run_plain(db, sim.base_url, size, args.max_workers, args.concurrency)
                 else:
-                    wall, done = run_flow(db, sim.base_url, size, args.max_workers, args.concurrency)
+                    wall, done = run_flow(db, sim.base_url, size, args.max_workers, args.concurrency,
+                                          side=side)
                 walls[side].append(wall)
                 figures[f"{side}_wall_s"], figures[f"{side}_done"] = round(wall, 1), done
                 figures[f"{side}_load"] = round(os.getloadavg()[0], 1)
                 print(f"round {round_no + 1} {side}: {wall:.1f} s, {done} done, load average "
                       f"{os.getloadavg()[0]:.1f}", flush=True)
-            for side in ("flow", "flow-500"):
+            for side in FLOW_SIDES:
                 if "plain" in order and side in order:
                     figures[f"{side}_prefect_share_pct"] = round(
                         100 * (figures[f"{side}_wall_s"] - figures["plain_wall_s"]) / figures[f"{side}_wall_s"], 2)
             result["rounds"].append(figures)  # type: ignore[union-attr]
     if "plain" in walls:
-        for side in ("flow", "flow-500"):
+        for side in FLOW_SIDES:
             if walls.get(side):
                 # The sum over rounds: each round's two sides ran back to back under about the same load.
                 result[f"{side}_prefect_share_pct"] = round(
