@@ -99,12 +99,13 @@ class GenerateConfig(BaseModel):
     flush_rows: int = Field(default=2000, ge=1)
     batch_poll_s: float = Field(default=30.0, gt=0)
     # Claims (tasks/store/queries.py `claim`): concurrent engines on one database send each request once.
-    # An engine claims `claim_chunk` requests per short write transaction, renews its leases from the
+    # An engine claims `claim_chunk` requests per short write transaction (default: sized from the store,
+    # `tasks/llm/engine.py` `claim_chunk_for`), renews its leases from the
     # flush loop and releases each claim once the request's rows are flushed. A dead engine's claims
     # are released when its journal is replayed; `claim_lease_s` only matters for an owner whose
     # journal is not visible here. A run waits for requests claimed elsewhere, looking every `claim_poll_s`.
     claim_lease_s: float = Field(default=600.0, gt=0)
-    claim_chunk: int = Field(default=1000, ge=1)
+    claim_chunk: int | None = Field(default=None, ge=1)
     claim_poll_s: float = Field(default=5.0, gt=0)
     # Circuit breaker: stop the run (EndpointUnreachable) after this many connection failures or
     # timeouts in a row, or when this many first attempts of a run all failed (429s not counted).

@@ -174,3 +174,31 @@ def test_a_rejected_key_stops_the_run_at_once(db_path: Path, monkeypatch: pytest
     rows = store.query("SELECT status, http_status FROM responses", path=db_path)
     assert rows and {r["http_status"] for r in rows} == {401}  # the failed attempts are recorded
     assert store.query("SELECT status FROM runs", path=db_path)[0]["status"] == "failed"
+
+
+def test_claims_grow_with_the_store_and_every_request_is_sent_once(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `claim_chunk` unset the first claim is small and the next ones are sized from the stored requests
+    (`claim_chunk_for`), so a large store needs fewer of its scanning claim transactions per request."""
+    from tasks.llm import engine
+    from tasks.store import queries
+
+    assert engine.claim_chunk_for(158_000) == 1000 and engine.claim_chunk_for(1_580_000) == 10_000  # LLaVA, 10x
+    monkeypatch.setattr(engine, "CLAIM_CHUNK_MIN", 2)
+    monkeypatch.setattr(engine, "CLAIM_CHUNK_MAX", 5)
+    monkeypatch.setattr(engine, "CLAIM_ROWS_PER_REQUEST", 3)  # 12 stored requests -> 4 per claim
+    sizes: list[int] = []
+    real_claim = queries.claim
+
+    def spy(con, ids, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(len(ids))
+        return real_claim(con, ids, *args, **kwargs)
+
+    monkeypatch.setattr(queries, "claim", spy)
+    synthetic_images(db_path, 12)
+    ids = plan_requests(db_path, sample_types=["conversation"], model="gpt-4o-mini").request_ids
+    with start_simulator(SimConfig(seed=3)) as sim:
+        stats = run_requests_sync(ids, db_path=db_path, config=_config(sim))
+        assert stats.done == 12 and len(_chat_log(sim)) == 12
+    assert sizes == [2, 4, 4, 2]

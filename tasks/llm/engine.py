@@ -60,7 +60,19 @@ from tasks.store.journal import Journal, include_journal_rows, is_vanished_segme
 __all__ = ["AuthenticationFailed", "Budget", "EndpointUnreachable", "RunAborted", "run_requests", "run_requests_sync",
            "send", "with_settings"]
 
-LOAD_CHUNK = 1000  # the default claim chunk (GenerateConfig.claim_chunk)
+# A claim transaction scans the request-id columns of `requests` and `responses` (no key index: schemas/tables.py),
+# so it costs more as the store grows: ~60 ms at 158K stored requests, ~240 ms at 1.58M. Claiming one request per
+# CLAIM_ROWS_PER_REQUEST stored ones keeps that cost per request flat (bench/gen_scale.py --tail): 1,000 per claim
+# up to LLaVA's 158K stored requests, 10,000 from 10x that. A chunk's requests (messages included) are in memory.
+CLAIM_CHUNK_MIN, CLAIM_CHUNK_MAX = 1000, 10_000
+CLAIM_ROWS_PER_REQUEST = 158
+
+
+def claim_chunk_for(stored_requests: int) -> int:
+    """Requests per claim transaction for a store of `stored_requests` (GenerateConfig.claim_chunk unset)."""
+    return max(CLAIM_CHUNK_MIN, min(CLAIM_CHUNK_MAX, stored_requests // CLAIM_ROWS_PER_REQUEST))
+
+
 _STOPPED = "stopped"  # what `_attempt` returns once every endpoint is out: nothing was sent, nothing recorded
 # what `_attempt` returns when its endpoint was cut out by that answer (a 401/403): tried again elsewhere
 _MOVED = "moved"
@@ -341,14 +353,16 @@ class _Engine:
         return got.busy
 
     async def _produce(self, ids: Sequence[str], queue: asyncio.Queue) -> None:
-        chunk = self.config.claim_chunk
+        # The first claim is small, so sending starts soon; it also counts the stored requests for the others.
+        chunk = self.config.claim_chunk or CLAIM_CHUNK_MIN
         waiting: list[str] = []
-        for i in range(0, len(ids), chunk):
-            if self._tripped is not None:
-                break
-            got = await self._claim_async(ids[i : i + chunk])
-            if i == 0:  # sending starts now; the first claim itself was not held to a window boundary
+        start = 0
+        while start < len(ids) and self._tripped is None:
+            got = await self._claim_async(ids[start : start + chunk])
+            if start == 0:  # sending starts now; the first claim itself was not held to a window boundary
                 self._size_wakeup_window()
+            start += chunk
+            chunk = self.config.claim_chunk or claim_chunk_for(got.stored_requests)
             waiting += await self._enqueue(got, queue)
         while waiting and self._tripped is None:  # requests other engines hold: wait until answered or owner gone
             await asyncio.sleep(self.config.claim_poll_s)

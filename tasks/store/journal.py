@@ -107,7 +107,9 @@ class Journal:
                 paths = list(self._unloaded)
             if not paths and then is None:
                 return 0
-            new = load_segments(paths, self.db_path, then=then)  # on error the segments stay and are retried
+            # This engine's own rows: each names a request it claimed from `requests`, so the check that the
+            # request exists (a scan of every stored request id) is left to replays of others' journals.
+            new = load_segments(paths, self.db_path, then=then, own=True)  # on error the segments stay, retried
             self._unloaded = [p for p in self._unloaded if p not in paths]
             return new
 
@@ -149,17 +151,22 @@ def _well_formed(rows: list[Any]) -> tuple[list[ResponseRow], int]:
     return good, bad
 
 
-def load_segments(paths: list[Path], db_path: str | Path, *, then: InTransaction | None = None) -> int:
+def load_segments(
+    paths: list[Path], db_path: str | Path, *, then: InTransaction | None = None, own: bool = False
+) -> int:
     """Insert the well-formed rows of the segments into `responses` in one transaction, then delete them.
 
     A line that is no `ResponseRow`, or names a request that is not in `requests`, is skipped and
-    logged. `then(con)` runs inside the same transaction. Returns how many rows were new.
+    logged. `then(con)` runs inside the same transaction. Returns how many rows were new. `own`: the
+    segments are the calling engine's, written only for requests it claimed, so every request exists.
     """
     rows, skipped = _well_formed([row for p in paths if p.exists() for row in read_segment(p)])
     new = 0
     if rows or then is not None:
         with store.write(db_path) as con:
-            if rows:
+            if rows and own:
+                new = store.insert_rows(con, ResponseRow, rows, on_conflict="ignore")
+            elif rows:
                 known = {r[0] for r in con.execute(
                     "SELECT request_id FROM requests_stored WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
                     [sorted({r.request_id for r in rows})]).fetchall()}

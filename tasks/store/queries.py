@@ -135,6 +135,7 @@ class Claimed(NamedTuple):
     held: list[str]  # answered with `parse_error` (see `Unanswered.held`)
     answered: list[str]  # have an `ok` response
     busy: list[str]  # claimed by another engine that may be sending them: look again later
+    stored_requests: int = 0  # rows in `requests` (what a claim transaction's scans grow with)
 
 
 def claim(
@@ -188,7 +189,8 @@ def claim(
         "WHERE request_id IN (SELECT unnest(?::VARCHAR[]))", [mine]).fetchall() if mine else []
     messages = full_messages(con, [(r[3], r[4]) for r in found])
     by_id = {r[0]: LlmRequest(r[0], r[1], r[2], m, _json(r[5]), r[6]) for r, m in zip(found, messages, strict=True)}
-    return Claimed([by_id[rid] for rid in mine], missing, held, answered, busy)
+    stored = con.execute("SELECT count(*) FROM requests_stored").fetchall()[0][0]  # from metadata: no scan
+    return Claimed([by_id[rid] for rid in mine], missing, held, answered, busy, stored)
 
 
 def renew_claims(con: duckdb.DuckDBPyConnection, owner: str, *, lease_s: float, now: datetime) -> set[str]:
