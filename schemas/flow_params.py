@@ -84,7 +84,8 @@ _DESCRIPTIONS = {
     "flush_interval_s": "seconds between moves of journaled answers into DuckDB",
     "flush_rows": "journaled answers that trigger a move into DuckDB earlier",
     "claim_lease_s": "seconds a claim on a request lasts for an owner whose journal is not visible here",
-    "claim_chunk": "requests claimed per write transaction",
+    "claim_chunk": "requests claimed per write transaction; empty = sized from the store (1,000 up to 158K stored "
+    "requests, up to 10,000 from 1.58M)",
     "claim_poll_s": "seconds between looks at requests claimed by another run",
     "breaker_consecutive_failures": "stop the run after this many connection failures or timeouts in a row",
     "breaker_first_attempts": "stop the run when this many first attempts all failed (429s not counted)",
