@@ -98,3 +98,29 @@ def test_shard_covers_every_id_once() -> None:
     assert [i for s in shards for i in s] == ids
     with pytest.raises(ValueError):
         shard(ids, 0)
+
+
+def test_a_replan_reads_the_answered_slots_one_step_of_images_at_a_time(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-plan of a large answered store must not hold every slot's state at once: each step of images
+    reads only its own slots, and what counts as answered is the same."""
+    from bench.gen_scale import synthetic_images
+    from tasks.prompting import plan as plan_module
+
+    synthetic_images(db_path, 30)
+    first = plan_requests(db_path, sample_types=["conversation"], model="gpt-4o-mini")
+    _mark_ok(db_path, first.request_ids[:25])  # images 1-25 answered, 26-30 not
+    monkeypatch.setattr(plan_module, "IMAGE_CHUNK", 10)
+    monkeypatch.setattr(plan_module, "PLAN_STEPS", 1000)
+    ranges: list[tuple[int, int]] = []
+    real = plan_module.slot_states
+
+    def spy(con, model, image_range=None):  # type: ignore[no-untyped-def]
+        ranges.append(image_range)
+        return real(con, model, image_range)
+
+    monkeypatch.setattr(plan_module, "slot_states", spy)
+    again = plan_requests(db_path, sample_types=["conversation"], model="gpt-4o-mini")
+    assert ranges == [(1, 10), (11, 20), (21, 30)]
+    assert again.already_ok == 25 and again.request_ids == first.request_ids[25:] and again.planned_new == 0

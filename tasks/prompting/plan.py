@@ -193,7 +193,6 @@ def plan_requests(
             ids = [i for i in ids if i in wanted]
         if limit_images is not None:
             ids = ids[:limit_images]
-        states = slot_states(con, model)
     result = PlanResult(images=len(ids))
     params = {t: request_params(t, output_format, temperature=temperature, max_tokens=max_tokens) for t in types}
     now = store.utcnow()
@@ -207,6 +206,8 @@ def plan_requests(
     for chunk in _chunks(ids, step):
         with store.read(db) as con:
             contexts = load_contexts(con, list(chunk))
+            # The step's slots only: a re-plan of a large answered store held every slot's state at once.
+            states = slot_states(con, model, (min(chunk), max(chunk)))
         # The rows as columns (`store.insert_columns`), built here without a row model per request.
         cols: dict[str, list[Any]] = {name: [] for name in (
             "request_id", "image_id", "sample_type", "prompt_version", "kind", "regeneration", "messages", "params",

@@ -73,11 +73,15 @@ class SlotState:
         return "given_up" if self.rejected > max_regenerations else "to_regenerate"
 
 
-def slot_states(con: duckdb.DuckDBPyConnection, model: str) -> dict[tuple[int, str, str], SlotState]:
-    """(image_id, sample_type, prompt_version) -> state, for every slot of `model` that has an answer."""
+def slot_states(
+    con: duckdb.DuckDBPyConnection, model: str, image_range: tuple[int, int] | None = None
+) -> dict[tuple[int, str, str], SlotState]:
+    """(image_id, sample_type, prompt_version) -> state, for every slot of `model` that has an answer
+    (only of the images with `lo <= image_id <= hi` when `image_range` is given)."""
+    in_range, bounds = (" AND image_id BETWEEN ? AND ?", list(image_range)) if image_range is not None else ("", [])
     rows = con.execute(
         "SELECT image_id, sample_type, prompt_version, accepted, rejected, awaiting_validation "
-        "FROM slot_status WHERE model = ?", [model]).fetchall()
+        f"FROM slot_status WHERE model = ?{in_range}", [model, *bounds]).fetchall()
     return {(r[0], r[1], r[2]): SlotState(bool(r[3]), int(r[4]), bool(r[5])) for r in rows}
 
 
