@@ -62,7 +62,7 @@ __all__ = ["AuthenticationFailed", "Budget", "EndpointUnreachable", "RunAborted"
 
 # A claim transaction scans the request-id columns of `requests` and `responses` (no key index: schemas/tables.py),
 # so it costs more as the store grows: ~60 ms at 158K stored requests, ~240 ms at 1.58M. Claiming one request per
-# CLAIM_ROWS_PER_REQUEST stored ones keeps that cost per request flat (bench/gen_scale.py --tail): 1,000 per claim
+# CLAIM_ROWS_PER_REQUEST stored ones keeps that cost per request flat (bench/gen_tail.py): 1,000 per claim
 # up to LLaVA's 158K stored requests, 10,000 from 10x that. A chunk's requests (messages included) are in memory.
 CLAIM_CHUNK_MIN, CLAIM_CHUNK_MAX = 1000, 10_000
 CLAIM_ROWS_PER_REQUEST = 158
