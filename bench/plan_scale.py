@@ -41,7 +41,6 @@ from tasks.prompting import plan as plan_module
 from tasks.prompting.plan import plan_requests
 
 SIDES = ("before", "after", "schema-3", "pk-indexed", "steps-by-size")
-FIXED_STEP: int | None = None  # `--step`
 
 
 @contextmanager
@@ -64,12 +63,12 @@ def indexed_store(indexed: bool) -> Iterator[None]:
 
 
 @contextmanager
-def store_side(side: str, n: int) -> Iterator[None]:
+def store_side(side: str, fixed_step: int | None = None) -> Iterator[None]:
     """Plan as `side` does: before/after share prefixes (schema 4); schema-3 and pk-indexed store full messages."""
     plan_module.SHARE_PREFIXES = side in ("before", "after", "steps-by-size")
     steps = plan_module.IMAGE_CHUNK, plan_module.MAX_IMAGE_CHUNK
-    if FIXED_STEP and side != "steps-by-size":  # `--step`: every step that many images
-        plan_module.IMAGE_CHUNK = plan_module.MAX_IMAGE_CHUNK = FIXED_STEP
+    if fixed_step and side != "steps-by-size":  # `--step`: every step that many images
+        plan_module.IMAGE_CHUNK = plan_module.MAX_IMAGE_CHUNK = fixed_step
     try:
         with indexed_store(side == "pk-indexed"):
             yield
@@ -83,10 +82,10 @@ def _status_mib(field: str) -> int:
         return next(int(line.split()[1]) // 1024 for line in status if line.startswith(field + ":"))
 
 
-def plan_once(n: int, side: str) -> tuple[dict[str, float], list[str]]:
+def plan_once(n: int, side: str, fixed_step: int | None = None) -> tuple[dict[str, float], list[str]]:
     """Seconds to plan n requests in a fresh database, what the file holds before and after, and the ids."""
     planner = plan_requests_before if side == "before" else plan_requests
-    with tempfile.TemporaryDirectory(dir=os.environ.get("VISTUNE_BENCH_TMP")) as tmp, store_side(side, n):
+    with tempfile.TemporaryDirectory(dir=os.environ.get("VISTUNE_BENCH_TMP")) as tmp, store_side(side, fixed_step):
         db = Path(tmp) / "plan.duckdb"
         synthetic_images(db, n)
         before = db.stat().st_size
@@ -112,8 +111,6 @@ def main() -> None:
                         help="fixed steps of this many images for every side but steps-by-size "
                              "(default: the current policy, N/32 images, 10,000 to 50,000)")
     args = parser.parse_args()
-    global FIXED_STEP
-    FIXED_STEP = args.step
     sides = args.sides
     rows = []
     print(f"{'requests':>9} {'store':>13} {'seconds':>8} {'s per 1K':>9} {'RSS MiB':>15} {'plan B/req':>10} "
@@ -121,7 +118,7 @@ def main() -> None:
     for n in args.requests:
         ids_of: dict[str, list[str]] = {}
         for side in sides:
-            got, ids_of[side] = plan_once(n, side)
+            got, ids_of[side] = plan_once(n, side, args.step)
             row = {"requests": n, "store": side, "seconds": round(got["seconds"], 2),
                    "s_per_1k": round(got["seconds"] / n * 1000, 3),
                    "plan_bytes_per_request": round((got["bytes_after"] - got["bytes_before"]) / n),

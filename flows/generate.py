@@ -108,26 +108,21 @@ def _generate(params: GenerateParams) -> GenerateStats:  # type: ignore[valid-ty
     # One sync API client for every Prefect call made from here: task runs, artifacts, progress pushes. The async
     # engine leaves none for this thread, and each call would open its own (~25 ms of CPU: it builds an SSL context).
     with SyncClientContext.get_or_create():
-        return _generate_with_client(params)
-
-
-def _generate_with_client(params: GenerateParams) -> GenerateStats:  # type: ignore[valid-type]
-    """`_generate` once the client is open."""
-    logger = get_run_logger()
-    db = resolve_db(params.db_path)
-    ctx = pipeline.Context(db=db, api_key=resolve_api_key(params.secret_block, logger))
-    if run_id := flow_run.get_id():
-        ctx.run_id = str(run_id)  # also the budget id: every shard and round of this run shares max_cost_usd
-    progress = GenerationProgress()
-    try:
-        with PrefectRunner(logger, params=params, progress=progress, limiter=_limiter(params, db)) as runner:
-            ctx.runner = runner
-            stats = pipeline.Generate.run(ctx, params)
-    finally:
-        totals = progress.finish(model=params.model, warnings=ctx.warnings)
-    logger.info("generation finished: %d done, %d already done, %d failed, $%.4f",
-                totals.done, totals.already_ok, totals.failed, totals.cost_usd)
-    if problem := pipeline.generate_problem(stats):  # sent, and not one good answer: the run failed
-        raise pipeline.StepFailed(problem)
-    return totals
+        logger = get_run_logger()
+        db = resolve_db(params.db_path)
+        ctx = pipeline.Context(db=db, api_key=resolve_api_key(params.secret_block, logger))
+        if run_id := flow_run.get_id():
+            ctx.run_id = str(run_id)  # also the budget id: every shard and round of this run shares max_cost_usd
+        progress = GenerationProgress()
+        try:
+            with PrefectRunner(logger, params=params, progress=progress, limiter=_limiter(params, db)) as runner:
+                ctx.runner = runner
+                stats = pipeline.Generate.run(ctx, params)
+        finally:
+            totals = progress.finish(model=params.model, warnings=ctx.warnings)
+        logger.info("generation finished: %d done, %d already done, %d failed, $%.4f",
+                    totals.done, totals.already_ok, totals.failed, totals.cost_usd)
+        if problem := pipeline.generate_problem(stats):  # sent, and not one good answer: the run failed
+            raise pipeline.StepFailed(problem)
+        return totals
 

@@ -164,14 +164,14 @@ def load_segments(
     new = 0
     if rows or then is not None:
         with store.write(db_path) as con:
-            if rows and own:
-                new = store.insert_rows(con, ResponseRow, rows, on_conflict="ignore")
-            elif rows:
-                known = {r[0] for r in con.execute(
-                    "SELECT request_id FROM requests_stored WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
-                    [sorted({r.request_id for r in rows})]).fetchall()}
-                kept = [r for r in rows if r.request_id in known]
-                skipped += len(rows) - len(kept)
+            if rows:
+                kept = rows
+                if not own:
+                    known = {r[0] for r in con.execute(
+                        "SELECT request_id FROM requests_stored WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+                        [sorted({r.request_id for r in rows})]).fetchall()}
+                    kept = [r for r in rows if r.request_id in known]
+                    skipped += len(rows) - len(kept)
                 new = store.insert_rows(con, ResponseRow, kept, on_conflict="ignore")
             if then is not None:
                 then(con)
