@@ -98,6 +98,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.tail < 1 or any(n <= args.tail for n in args.sizes):
+        parser.error(f"--tail {args.tail} must be at least 1 and below every size in --sizes {args.sizes}: the first "
+                     "N - K requests are the answered part of the store")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vistune-tail-"))
     workdir.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
