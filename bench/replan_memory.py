@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not args.db.is_file():
-        parser.error(f"--db {args.db}: no such database (run bench/gen_scale.py first; its --workdir holds scale.duckdb)")
+        parser.error(f"--db {args.db}: no such database (bench/gen_scale.py leaves one: WORKDIR/scale.duckdb)")
     if args.side:
         print(json.dumps(replan(args.db, args.side, args.type, args.model)))
         return
