@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -99,14 +100,16 @@ class PrefectRunner(Runner):
         progress.add_total(len(request_ids))
         if config.mode == "batch":
             key = (round_no, "batch")
-            stats = self.call("generate-batch", send_requests, list(request_ids), db, config,
+            stats = self.call("generate-batch", send_requests, request_ids, db, config,
                               on_progress=lambda s: progress.report(key, s))
             progress.report(key, stats)
             return stats
         size = shard_size_for(len(request_ids), self.params.max_workers, self.params.shard_size)
-        return self._send_shards(shard(list(request_ids), size), db, config, round_no)
+        return self._send_shards(shard(request_ids, size), db, config, round_no)
 
-    def _send_shards(self, shards: list[list[str]], db: Path, config: GenerateConfig, round_no: int) -> GenerateStats:
+    def _send_shards(
+        self, shards: list[Sequence[str]], db: Path, config: GenerateConfig, round_no: int
+    ) -> GenerateStats:
         assert self.params is not None and self.progress is not None
         progress = self.progress
         shard_task = prefect_tasks.as_task("generate-shard", retries=self.params.shard_retries)

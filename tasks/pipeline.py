@@ -47,6 +47,7 @@ from schemas.generation import GenerateConfig, GenerateStats
 from schemas.settings import get_settings
 from tasks import store
 from tasks.llm.ratelimit import RateLimiter
+from tasks.store.request_ids import RequestIds
 
 ProgressCallback = Callable[[GenerateStats], None]
 # api.openai.com never answers without a key: no key and this host fails at once, before any request.
@@ -106,7 +107,7 @@ def send_requests(
     """Send planned requests through the LLM engine (online, or the Batch API when `config.mode == "batch"`)."""
     from tasks.llm.engine import send  # imported here: openai is slow to import
 
-    return send(list(request_ids), db_path=db_path, config=config, limiter=limiter, on_progress=on_progress)
+    return send(request_ids, db_path=db_path, config=config, limiter=limiter, on_progress=on_progress)
 
 
 def total_of(*parts: GenerateStats) -> GenerateStats:
@@ -253,7 +254,7 @@ def run_generate(ctx: Context, params: GenerateParams) -> GenerateStats:  # type
     config = engine_config(ctx, params)
     max_regen = get_settings().max_regenerations if params.max_regenerations is None else params.max_regenerations
     rounds: list[GenerateStats] = []
-    sent: set[str] = set()
+    sent = RequestIds()  # packed, as the plan's ids are: a set of 1.58M str took ~200 MB
     for round_no in range(1, max_regen + 2):
         plan = ctx.runner.call(
             "plan-requests", plan_requests, ctx.db, sample_types=config.types, model=config.model,
@@ -265,14 +266,14 @@ def run_generate(ctx: Context, params: GenerateParams) -> GenerateStats:  # type
         if plan.images_unavailable:
             ctx.warn(f"{plan.images_unavailable} image(s) could not be read for an image-grounded prompt and were "
                      f"skipped, e.g. {plan.unavailable[0]}")
-        ids = [rid for rid in plan.request_ids if rid not in sent]
+        ids = plan.request_ids.without(sent)
         if not ids:
             break
         ctx.runner.log(f"generate round {round_no}: {len(ids)} requests to send ({plan.regenerations} of them "
                        f"regenerate a rejected answer) with {config.model} at "
                        f"{config.base_url or config.endpoints_file or 'api.openai.com'}")
         rounds.append(ctx.runner.send(ids, ctx.db, config, round_no=round_no))
-        sent.update(ids)
+        sent += ids
         # Validate now: a rejected answer is what the next round's plan asks for again.
         checked = ctx.runner.call("validate", validate_pending, ctx.db)
         ctx.runner.log(f"generate round {round_no}: {checked.samples} samples, {checked.rejected} rejected "

@@ -144,7 +144,7 @@ def test_two_generation_workers_stay_within_the_limit_together(tmp_path: Path, c
     rpm = 600.0  # 10 req/s for both workers together; each alone would be allowed all of it
     halves = [ids[0::2], ids[1::2]]
     for i, half in enumerate(halves):
-        (tmp_path / f"ids{i}.json").write_text(json.dumps(half))
+        (tmp_path / f"ids{i}.json").write_text(json.dumps(list(half)))
     bucket = tmp_path / "bucket.sqlite"
     SharedRateLimiter(bucket, rpm=rpm)
     with start_simulator(SimConfig()) as sim:  # no limit at the server: we measure what the clients send

@@ -89,19 +89,26 @@ class ValidateStats:
 # Responses with content, plus refusals: OpenAI's structured-output refusal has no content, only
 # `message.refusal`, which the engine keeps in `error`. Eval requests (schemas/eval.py) are no samples.
 PENDING_PAGE = 50_000  # pending rows read at once (a few KB each)
-_PENDING_SQL = f"""
+# One page: the next PENDING_PAGE responses after the cursor (`response_id` order) with content, or refusals,
+# that have neither a sample nor a reject, as a Top-N over `responses` alone; then only that page joins its
+# requests. Samples and rejects at or before the cursor cannot match, so the anti-joins read only those after
+# it (in a first pass, none). Joining every pending response to `requests` first built a hash table of all of
+# them, contents included, for each page: DuckDB's whole memory at 1.58M (docs/BENCHMARKS.md).
+_PENDING_PAGE_SQL = """
 SELECT r.response_id, r.request_id, r.content, r.finish_reason, r.status, r.error,
        q.image_id, q.sample_type, q.prompt_version, q.model, q.output_format
-FROM responses r JOIN requests q USING (request_id)
-WHERE (r.content IS NOT NULL OR r.status = 'refusal') AND NOT starts_with(q.sample_type, '{EVAL_SAMPLE_TYPE_PREFIX}')
-  AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.response_id = r.response_id)
-  AND NOT EXISTS (SELECT 1 FROM rejects j WHERE j.response_id = r.response_id)
+FROM (SELECT response_id, request_id, content, finish_reason, status, error FROM responses r
+      WHERE (r.content IS NOT NULL OR r.status = 'refusal') AND r.response_id > $after
+        AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.response_id = r.response_id AND s.response_id > $after)
+        AND NOT EXISTS (SELECT 1 FROM rejects j WHERE j.response_id = r.response_id AND j.response_id > $after)
+      ORDER BY r.response_id LIMIT $page) r
+LEFT JOIN requests_stored q USING (request_id)
 ORDER BY r.response_id
 """
 
 
 def validate_response(row: dict[str, Any], thresholds: ContentThresholds | None = None) -> ValidationResult:
-    """Validate one stored response (a `_PENDING_SQL` row), adding what its engine status already says."""
+    """Validate one stored response (a `_PENDING_PAGE_SQL` row), adding what its engine status already says."""
     if row["status"] == "refusal":
         refused = Reject(code=RejectCode.REFUSAL, detail=row.get("error") or "the model refused")
         if row["content"] is None or not row["content"].strip():
@@ -125,29 +132,24 @@ def _name_response(result: ValidationResult, response_id: str) -> ValidationResu
     return ValidationResult(output=result.output, rejects=rejects)
 
 
-# One page of `_PENDING_SQL`: the condition and the limit inside the query itself, so DuckDB keeps the top page
-# (a Top-N) instead of sorting every pending response, contents and all, for each page (~3 GB at 1.58M).
-_PENDING_PAGE_SQL = _PENDING_SQL.replace(
-    "ORDER BY r.response_id", "AND r.response_id > ? ORDER BY r.response_id LIMIT ?")
-if _PENDING_PAGE_SQL == _PENDING_SQL:
-    raise RuntimeError("validate: _PENDING_SQL must end with ORDER BY r.response_id (its pages are cut there)")
-
-
 def _pending_batches(db_path: str | Path | None, batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    """The `_PENDING_SQL` rows in batches, read `PENDING_PAGE` at a time in `response_id` order.
+    """The responses to validate (`_PENDING_PAGE_SQL` rows) in batches, read `PENDING_PAGE` at a time.
 
     Memory stays flat however many responses wait (1.58M at 10x LLaVA's size, bench/gen_scale.py); no read
-    connection is open while the caller writes a batch.
+    connection is open while the caller writes a batch. Eval answers (schemas/eval.py) are no samples: skipped,
+    as are responses whose request row is missing (the engine stores none such).
     """
     after = ""
     while True:
         with read(db_path) as con:
-            cursor = con.execute(_PENDING_PAGE_SQL, [after, PENDING_PAGE])
+            cursor = con.execute(_PENDING_PAGE_SQL, {"after": after, "page": PENDING_PAGE})
             names = [d[0] for d in cursor.description]
             page = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         if not page:
             return
         after = page[-1]["response_id"]
+        page = [row for row in page
+                if row["sample_type"] is not None and not row["sample_type"].startswith(EVAL_SAMPLE_TYPE_PREFIX)]
         for start in range(0, len(page), batch_size):
             yield page[start : start + batch_size]
 
