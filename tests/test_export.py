@@ -223,3 +223,15 @@ def test_an_image_path_leaving_the_root_is_skipped_counted_and_reported(
         records = read_llava_strict(tmp_path / "out" / f"{stem}.json", root)
         assert all(".." not in r["image"] and not r["image"].startswith("/") for r in records)
     assert not any("etc" in m or ".." in m for m in result.missing_images)
+
+
+def test_missing_images_are_all_counted_and_the_first_named() -> None:
+    from tasks.curation.export import MISSING_KEPT, MissingImages
+
+    missing = MissingImages()
+    paths = [f"train2017/{i:012d}.jpg" for i in range(MISSING_KEPT * 3, 0, -1)]
+    for path in paths + paths[:50]:  # an image of several records is one missing image
+        missing.add(path)
+    assert missing.count() == len(paths)
+    assert missing.first == sorted(paths)[:MISSING_KEPT]
+    assert MissingImages().count() == 0 and MissingImages().first == []

@@ -39,9 +39,12 @@ inside the image root are the root owner's choice and are followed as they are.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
 import os
 import random
+from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cache, lru_cache
@@ -49,6 +52,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -164,21 +168,47 @@ class SkippedRecord:
 
 
 MISSING_EXAMPLES = 5  # image paths named in the one-line summary of missing images
+MISSING_KEPT = 100  # missing image paths an export keeps by name (the first, sorted); all are counted
+
+
+class MissingImages:
+    """Distinct image paths missing under the root: all counted, the first `MISSING_KEPT` (sorted) kept by name.
+
+    Each missing record costs 8 bytes here (a 64-bit hash of its path); a set of the paths themselves took
+    ~180 MB at 1.58M images, all missing (bench/gen_scale.py exports without image files)."""
+
+    def __init__(self) -> None:
+        self._hashes = array("Q")
+        self.first: list[str] = []  # sorted, distinct
+
+    def add(self, image: str) -> None:
+        self._hashes.append(int.from_bytes(hashlib.blake2b(image.encode(), digest_size=8).digest(), "little"))
+        if len(self.first) < MISSING_KEPT or image < self.first[-1]:
+            at = bisect.bisect_left(self.first, image)
+            if at == len(self.first) or self.first[at] != image:
+                self.first.insert(at, image)
+                del self.first[MISSING_KEPT:]
+
+    def count(self) -> int:
+        """How many distinct paths were added."""
+        return int(np.unique(np.frombuffer(self._hashes, dtype=np.uint64)).size) if self._hashes else 0
 
 
 @dataclass
 class ExportResult:
     """What `export` wrote: file paths, record counts, images not found under the image root, skipped records.
 
-    `missing_images` lists every image path (relative to the image root) some record points at without a file
-    there; `records_missing_image` counts those records (written, or left out with `require_images`, then also
-    counted in `dropped_missing_image`)."""
+    `missing_image_count` counts the image paths (relative to the image root) some record points at without a
+    file there, and `missing_images` names the first `MISSING_KEPT` of them, sorted; `records_missing_image`
+    counts those records (written, or left out with `require_images`, then also counted in
+    `dropped_missing_image`)."""
 
     out_dir: str
     image_root: str
     paths: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     missing_images: list[str] = field(default_factory=list)
+    missing_image_count: int = 0
     skipped: list[SkippedRecord] = field(default_factory=list)
     records_missing_image: int = 0
     dropped_missing_image: int = 0
@@ -197,7 +227,6 @@ class ExportResult:
         """Plain dict (for logs and Prefect artifacts); lists only the first missing images and skipped records."""
         out = asdict(self)
         out["missing_images"] = self.missing_images[:20]
-        out["missing_image_count"] = len(self.missing_images)
         out["missing_summary"] = self.missing_summary()
         out["skipped"] = [asdict(s) for s in self.skipped[:20]]
         out["skipped_count"] = len(self.skipped)
@@ -216,16 +245,16 @@ class ExportResult:
         if not self.records_missing_image:
             return None
         named = ", ".join(self.missing_images[:MISSING_EXAMPLES])
-        more = f" and {len(self.missing_images) - MISSING_EXAMPLES:,} more" if len(
-            self.missing_images) > MISSING_EXAMPLES else ""
+        more = (f" and {self.missing_image_count - MISSING_EXAMPLES:,} more"
+                if self.missing_image_count > MISSING_EXAMPLES else "")
         fate = ("left out (require_images)" if self.require_images
                 else "exported anyway; --require-images leaves them out")
         return (f"{self.records_missing_image:,} record(s) lack an image file under {self.image_root} "
-                f"({len(self.missing_images):,} image(s): {named}{more}): {fate}")
+                f"({self.missing_image_count:,} image(s): {named}{more}): {fate}")
 
     def __repr__(self) -> str:  # flows log the result: keep it short when thousands of images are missing
         counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
-        return (f"ExportResult(out_dir={self.out_dir!r}, {counts}, missing_images={len(self.missing_images)}, "
+        return (f"ExportResult(out_dir={self.out_dir!r}, {counts}, missing_images={self.missing_image_count}, "
                 f"records_missing_image={self.records_missing_image}, skipped={len(self.skipped)})")
 
 
@@ -318,7 +347,7 @@ def export(
     `require_images` they are also left out of the files."""
     out, root = Path(out_dir), Path(image_root)
     result = ExportResult(out_dir=str(out), image_root=str(root), require_images=require_images)
-    missing: set[str] = set()  # images some record points at without a file under the root
+    missing = MissingImages()  # images some record points at without a file under the root
 
     @lru_cache(maxsize=1 << 16)  # one stat per image however many records share it, in bounded memory
     def image_found(image: str) -> bool:
@@ -401,7 +430,7 @@ def export(
     for stem, file in files.items():
         result.paths += file.close()
         result.counts[stem] = file.count
-    result.missing_images = sorted(missing)
+    result.missing_images, result.missing_image_count = missing.first, missing.count()
     result.eval_images_left_out = len(eval_images)
     summary = out / EXPORT_SUMMARY  # beside the files: the report (another step) reads what the export saw
     summary.with_suffix(".json.tmp").write_text(json.dumps(result.as_dict(), indent=1) + "\n", encoding="utf-8")
