@@ -43,9 +43,11 @@ class Settings(BaseSettings):
     require_gpu: bool = Field(default=False, validation_alias=AliasChoices("VISTUNE_REQUIRE_GPU", "require_gpu"))
     # DuckDB's memory for each database file the process opens (its block cache, joins, sorts; beyond it they spill
     # to `<database>.tmp`). DuckDB's own default is 80% of the machine, so a long run's RSS grew with its tables
-    # (validating 1.58M responses: 2.7 GiB; 0.9 GiB with 512MB, as fast). A DuckDB size: "512MB", "2GB", "4GiB".
+    # (validating 1.58M responses: 2.7 GiB; 0.9 GiB with 512MB, as fast). DuckDB fills what it is given, e.g. in
+    # each checkpoint of a large table, so this cap is what a 10x LLaVA run holds beyond a 1x one (256MB: the
+    # planning spike of 1.58M requests +0.39 GiB, +0.25 GiB at 158K). A DuckDB size: "256MB", "2GB", "4GiB".
     duckdb_memory_limit: str = Field(
-        default="512MB", validation_alias=AliasChoices("VISTUNE_DUCKDB_MEMORY_LIMIT", "duckdb_memory_limit"))
+        default="256MB", validation_alias=AliasChoices("VISTUNE_DUCKDB_MEMORY_LIMIT", "duckdb_memory_limit"))
 
     @field_validator("duckdb_memory_limit")
     @classmethod

@@ -183,16 +183,16 @@ def _duckdb_shows(size: str) -> str:
 
 
 def test_store_connections_cap_duckdb_memory(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every store connection caps DuckDB's memory (default 512MB, `VISTUNE_DUCKDB_MEMORY_LIMIT`), not 80% of RAM."""
+    """Every store connection caps DuckDB's memory (default 256MB, `VISTUNE_DUCKDB_MEMORY_LIMIT`), not 80% of RAM."""
     from pydantic import ValidationError
 
     store.ensure_schema(db_path)
     limit = "SELECT current_setting('memory_limit')"
     with store.read(db_path) as con:
-        assert con.execute(limit).fetchall()[0][0] == _duckdb_shows("512MB")
-    monkeypatch.setenv("VISTUNE_DUCKDB_MEMORY_LIMIT", "256MB")
-    with store.write(db_path) as con:
         assert con.execute(limit).fetchall()[0][0] == _duckdb_shows("256MB")
+    monkeypatch.setenv("VISTUNE_DUCKDB_MEMORY_LIMIT", "512MB")
+    with store.write(db_path) as con:
+        assert con.execute(limit).fetchall()[0][0] == _duckdb_shows("512MB")
     monkeypatch.setenv("VISTUNE_DUCKDB_MEMORY_LIMIT", "lots")
     with pytest.raises(ValidationError, match="VISTUNE_DUCKDB_MEMORY_LIMIT='lots' is not a DuckDB size"):
         store.connect(db_path, read_only=True)

@@ -37,12 +37,12 @@ from tasks.store.request_ids import RequestIds
 # Images per step (contexts loaded, requests built, one write transaction): at least IMAGE_CHUNK, and enough
 # that a plan takes at most PLAN_STEPS steps, up to MAX_IMAGE_CHUNK. Some per-step costs grow with the database
 # (the key check scans the stored request ids, each write connection's checkpoint), so a fixed step size made
-# planning quadratic. Fixed steps of 10,000 were tried again once DuckDB's memory was capped: at 1.58M they took
-# 132 s against 109 s and saved only ~0.1 GB (bench/plan_scale.py, steps-by-size). The context queries read only
-# the step's range of image ids.
+# planning quadratic; a step's objects grow with its size. At 1.58M under a 256MB DuckDB cap, steps of 10,000 and
+# 20,000 images took 151 and 141 s and raised RSS by 388 and 431 MiB (50,000 under 512MB: +679 MiB; all in
+# docs/BENCHMARKS.md). The context queries read only the step's range of image ids.
 IMAGE_CHUNK = 10_000
 PLAN_STEPS = 32
-MAX_IMAGE_CHUNK = 50_000
+MAX_IMAGE_CHUNK = 20_000
 # Rows keep their shared prefix once (schema 4). False plans the way schema 3 did: full messages in every row,
 # ids from `store.stable_hash` (bench/plan_scale.py's "old" side; the ids are the same either way).
 SHARE_PREFIXES = True
