@@ -167,3 +167,20 @@ def test_concurrent_processes_one_killed_pay_each_request_once(tmp_path: Path, p
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_claimed_requests_share_each_distinct_params_object(db_path: Path) -> None:
+    # A claim of 10,000 requests held a parsed copy of the same few-KB params per request.
+    import json
+
+    from tasks.prompting.plan import plan_requests
+
+    synthetic_images(db_path, 12)
+    ids = list(plan_requests(db_path, sample_types=["complex_reasoning", "conversation"],
+                             model="gpt-4o-mini").request_ids)
+    claimed = _claim(db_path, ids, "A").requests
+    assert len(claimed) == 24
+    stored = {r["request_id"]: json.loads(r["params"]) for r in store.query(
+        "SELECT request_id, params FROM requests_stored", path=db_path)}
+    assert all(r.params == stored[r.request_id] for r in claimed)
+    assert len({id(r.params) for r in claimed}) == 2  # one object per type's params

@@ -125,7 +125,8 @@ def unanswered(con: duckdb.DuckDBPyConnection, ids: Sequence[str], *, skip_open_
     send = [r for r in rows if not any(r[7:])]
     messages = full_messages(con, [(r[3], r[4]) for r in send])
     return Unanswered(
-        requests=[LlmRequest(r[0], r[1], r[2], m, _json(r[5]), r[6]) for r, m in zip(send, messages, strict=True)],
+        requests=[LlmRequest(r[0], r[1], r[2], m, p, r[6])
+                  for r, m, p in zip(send, messages, _shared_json([r[5] for r in send]), strict=True)],
         missing=[i for i in ids if i not in known],
         held=[r[0] for r in rows if r[8] and not r[7]],
     )
@@ -192,7 +193,8 @@ def claim(
         "SELECT request_id, kind, model, prefix_id, messages, params, est_input_tokens FROM requests_stored "
         "WHERE request_id IN (SELECT unnest(?::VARCHAR[]))", [mine]).fetchall() if mine else []
     messages = full_messages(con, [(r[3], r[4]) for r in found])
-    by_id = {r[0]: LlmRequest(r[0], r[1], r[2], m, _json(r[5]), r[6]) for r, m in zip(found, messages, strict=True)}
+    params = _shared_json([r[5] for r in found])
+    by_id = {r[0]: LlmRequest(r[0], r[1], r[2], m, p, r[6]) for r, m, p in zip(found, messages, params, strict=True)}
     stored = con.execute("SELECT count(*) FROM requests_stored").fetchall()[0][0]  # from metadata: no scan
     return Claimed([by_id[rid] for rid in mine], missing, held, answered, busy, stored)
 
@@ -215,3 +217,19 @@ def release_claims(con: duckdb.DuckDBPyConnection, owner: str, ids: Sequence[str
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value  # JSON columns arrive as text
+
+
+def _shared_json(values: Sequence[Any]) -> list[Any]:
+    """`_json` of each value, each distinct text parsed once and its object shared (treat as read-only).
+
+    Requests of a type carry the same params, whose JSON schema takes ~3 KB as Python objects: a claim of
+    10,000 requests held ~30 MB of copies of a few params."""
+    parsed: dict[str, Any] = {}
+    out = []
+    for value in values:
+        if isinstance(value, str):
+            if value not in parsed:
+                parsed[value] = json.loads(value)
+            value = parsed[value]
+        out.append(value)
+    return out
