@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 from schemas.llava import IMAGE_PLACEHOLDER, LlavaRecord, LlavaTurn
 from schemas.samples import SAMPLE_TYPES, question_answer_pairs, sample_type
 from tasks.ingest.coco import path_problem
-from tasks.store import memory_limit, read
+from tasks.store import read
 
 INSTRUCTIONS_DIR = Path(__file__).parent / "instructions"
 INSTRUCT_FILE = "llava_instruct"
@@ -273,9 +273,6 @@ def export_files() -> list[str]:
 
 
 EXPORT_BATCH = 10_000  # rows fetched from DuckDB, and records per Parquet row group, at a time
-# DuckDB's own memory during the export's sorts: above it they spill to `<database>.tmp`. Without a limit the
-# sort of the whole dataset by sample_id stays in memory (1.3 GiB at 790K samples; 0.48 GiB with 300MB).
-EXPORT_DUCKDB_MEMORY = "512MB"
 
 
 def json_array_text(record: dict[str, Any], first: bool) -> str:
@@ -324,10 +321,39 @@ class RecordFile:
         return [str(self.json_path), str(self.parquet_path)]
 
 
-def _batches(con: Any, sql: str) -> Iterator[tuple[Any, ...]]:
-    cursor = con.execute(sql)
-    while rows := cursor.fetchmany(EXPORT_BATCH):
-        yield from rows
+# DuckDB sorts only keys: the dataset's sample ids (its view's window reads key columns only), then each batch's
+# rows are looked up by id, and captions are read a range of image ids at a time. Sorting the samples with their
+# data filled DuckDB's whole cap at 1.58M samples (and failed under 256MB); here its share stays bounded by the
+# batch (docs/BENCHMARKS.md, "The data path at 10x LLaVA").
+_SAMPLE_ROWS = ("SELECT sample_id, sample_type, data, image_id FROM samples "
+                "WHERE sample_id IN (SELECT unnest(?::VARCHAR[]))")
+_IMAGE_ROWS = "SELECT image_id, split, file_name FROM images WHERE image_id IN (SELECT unnest(?::BIGINT[]))"
+_CAPTION_ROWS = """
+SELECT i.image_id, i.split, i.file_name, c.caption
+FROM images i JOIN captions c USING (image_id) WHERE i.image_id BETWEEN ? AND ? ORDER BY i.image_id, c.caption_id
+"""
+
+
+def _dataset_rows(con: Any) -> Iterator[tuple[Any, ...]]:
+    """(sample_id, sample_type, data, split, file_name, image_id) of every `dataset` row, by sample_id; split and
+    file_name are None for an image without an `images` row."""
+    ids = con.sql("SELECT sample_id FROM dataset ORDER BY sample_id").to_arrow_table().column(0)
+    for start in range(0, len(ids), EXPORT_BATCH):
+        batch = ids.slice(start, EXPORT_BATCH).to_pylist()
+        rows = {r[0]: r for r in con.execute(_SAMPLE_ROWS, [batch]).fetchall()}
+        images = {r[0]: r[1:] for r in con.execute(_IMAGE_ROWS, [sorted({r[3] for r in rows.values()})]).fetchall()}
+        for sample_id in batch:
+            _, type_name, data, image_id = rows[sample_id]
+            split, file_name = images.get(image_id, (None, None))
+            yield sample_id, type_name, data, split, file_name, image_id
+
+
+def _caption_rows(con: Any) -> Iterator[tuple[Any, ...]]:
+    """(image_id, split, file_name, caption) of every image with captions, by image id then caption id."""
+    image_ids = con.execute("SELECT image_id FROM images ORDER BY image_id").fetchnumpy()["image_id"]
+    for start in range(0, len(image_ids), EXPORT_BATCH):
+        step = image_ids[start : start + EXPORT_BATCH]
+        yield from con.execute(_CAPTION_ROWS, [int(step[0]), int(step[-1])]).fetchall()
 
 
 def _reason(exc: Exception) -> str:
@@ -375,16 +401,11 @@ def export(
     # Records are streamed from DuckDB `EXPORT_BATCH` rows at a time into files open side by side, so memory
     # holds a batch, not the dataset (issue 16 goal 5).
     with read(db_path) as con:
-        con.execute(f"SET memory_limit = '{EXPORT_DUCKDB_MEMORY}'")  # this connection's instance only
         held_out = {r[0] for r in con.execute("SELECT DISTINCT image_id FROM eval_images").fetchall()}
         out.mkdir(parents=True, exist_ok=True)  # after a read: no empty folder when there is no database
         files = {stem: RecordFile(out, stem) for stem in (INSTRUCT_FILE, PRETRAIN_FILE)}
         files |= {f"{INSTRUCT_FILE}_{name}": RecordFile(out, f"{INSTRUCT_FILE}_{name}") for name in SAMPLE_TYPES}
-        samples = _batches(con, """
-            SELECT d.sample_id, d.sample_type, d.data, i.split, i.file_name, d.image_id
-            FROM dataset d LEFT JOIN images i USING (image_id) ORDER BY d.sample_id
-        """)
-        for sample_id, type_name, data, split, file_name, sample_image in samples:
+        for sample_id, type_name, data, split, file_name, sample_image in _dataset_rows(con):
             if held(sample_image):
                 continue
             if split is None:
@@ -407,12 +428,8 @@ def export(
             if stem not in files:
                 files[stem] = RecordFile(out, stem)
             files[stem].add(as_json)
-        # one row per caption, grouped here: a sort spills to disk, a `list()` aggregate of every image does not
-        caption_rows = _batches(con, """
-            SELECT i.image_id, i.split, i.file_name, c.caption
-            FROM images i JOIN captions c USING (image_id) ORDER BY i.image_id, c.caption_id
-        """)
-        for (image_id, split, name), rows in groupby(caption_rows, key=lambda row: row[:3]):
+        # one row per caption, grouped here: a `list()` aggregate of every image held them all at once
+        for (image_id, split, name), rows in groupby(_caption_rows(con), key=lambda row: row[:3]):
             caps = [row[3] for row in rows]
             if held(image_id):
                 continue
@@ -426,7 +443,6 @@ def export(
                 continue
             if keep(record.image):
                 files[PRETRAIN_FILE].add(record.to_json())
-        con.execute(f"SET memory_limit = '{memory_limit()}'")  # an instance another connection shares: the store's
     for stem, file in files.items():
         result.paths += file.close()
         result.counts[stem] = file.count
