@@ -58,11 +58,11 @@ def module_at(commit: str, path: str, name: str) -> ModuleType:
     return module
 
 
-def run_side(step: str, side: str, db: Path, out_dir: Path) -> dict[str, Any]:
+def run_side(step: str, side: str, db: Path, out_dir: Path, before_commit: str = BEFORE_COMMIT) -> dict[str, Any]:
     """One step by one side, in this process (called in a child process by `main`)."""
     sys.path.insert(0, str(ROOT))
     if side == "before":
-        module = module_at(BEFORE_COMMIT, f"tasks/curation/{step}.py", f"{step}_before")
+        module = module_at(before_commit, f"tasks/curation/{step}.py", f"{step}_before")
     else:
         module = importlib.import_module(f"tasks.curation.{step}")
     baseline = vm_hwm_mib()
@@ -119,11 +119,13 @@ def main() -> None:
     parser.add_argument("--scale-from", type=Path, default=None)
     parser.add_argument("--copies", type=int, default=10)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--before-commit", default=BEFORE_COMMIT,
+                        help="the commit whose dedup/export the before side runs (default: before the chunking)")
     parser.add_argument("--child", nargs=3, metavar=("STEP", "SIDE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         step, side, out = args.child
-        print(json.dumps(run_side(step, side, args.db, Path(out))))
+        print(json.dumps(run_side(step, side, args.db, Path(out), args.before_commit)))
         return
     if args.scale_from:
         scale_database(args.scale_from, args.db, args.copies)
@@ -133,7 +135,8 @@ def main() -> None:
     for step in args.steps.split(","):
         for side in args.sides.split(","):
             done = subprocess.run([sys.executable, __file__, "--db", str(args.db), "--child", step, side,
-                                   str(work / side)], check=True, capture_output=True, text=True)
+                                   str(work / side), "--before-commit", args.before_commit],
+                                  check=True, capture_output=True, text=True)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
             if step == "dedup":
