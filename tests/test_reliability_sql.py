@@ -112,3 +112,11 @@ def test_replay_stores_only_well_formed_rows_of_planned_requests(db: Path, caplo
     assert "skipped 6 line(s)" in caplog.text
     assert [r["response_id"] for r in store.query("SELECT response_id FROM responses", path=db)] == ["g1"]
     assert not list(folder.iterdir())
+
+
+def test_a_query_past_duckdbs_memory_cap_names_the_setting(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VISTUNE_DUCKDB_MEMORY_LIMIT", "8MB")
+    result = _sql(db, "SELECT i, md5(i::VARCHAR) AS h FROM range(3000000) t(i) ORDER BY h")
+    assert result.exit_code == 1
+    assert "Out of Memory" in result.output
+    assert "VISTUNE_DUCKDB_MEMORY_LIMIT=8MB" in result.output and "raise it" in result.output

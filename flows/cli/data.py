@@ -177,6 +177,10 @@ def sql_command(
                 continue  # a flushed segment vanished: DuckDB then looks for other files, which it may not
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise _fail(f"refused: `vistune sql` reads the database only, no other file ({first})", 2) from None
+        except duckdb.OutOfMemoryException as exc:  # `SET` is refused here, so say which setting raises the cap
+            first = str(exc).splitlines()[0]
+            raise _fail(f"{first}; DuckDB's memory cap is VISTUNE_DUCKDB_MEMORY_LIMIT={store.memory_limit()}: raise "
+                        f"it for this query, e.g. VISTUNE_DUCKDB_MEMORY_LIMIT=2GB vistune sql ...", 1) from None
         except Exception as exc:  # DuckDB's errors already say what is wrong with the query
             if tries_left and journal.is_vanished_segment(exc):
                 continue  # a flush moved a journal segment into the table meanwhile: list them again
