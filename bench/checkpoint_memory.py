@@ -65,13 +65,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     if args.child:
         print(json.dumps(run_cap(args.child, args.steps)))
         return
     print(f"{'cap':>6} {'rows':>9} {'seconds':>8} {'highest step spike':>19} {'median':>7}")
     for cap in args.caps:
         done = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", cap],
-                              check=True, capture_output=True, text=True)
+                              capture_output=True, text=True)
+        if done.returncode:  # e.g. a cap DuckDB does not read: its own message, in one line
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            sys.exit(f"cap {cap!r}: {last}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{cap:>6} {row['rows']:>9,} {row['seconds']:>8.1f} {row['highest_spike_mib']:>15} MiB "
               f"{row['median_spike_mib']:>3} MiB", flush=True)

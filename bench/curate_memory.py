@@ -127,6 +127,10 @@ def main() -> None:
         step, side, out = args.child
         print(json.dumps(run_side(step, side, args.db, Path(out), args.before_commit)))
         return
+    if "before" in args.sides.split(",") and subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{args.before_commit}^{{commit}}"], cwd=ROOT,
+            capture_output=True).returncode:
+        parser.error(f"--before-commit {args.before_commit!r} is no commit of this repository")
     if args.scale_from:
         scale_database(args.scale_from, args.db, args.copies)
     work = Path(tempfile.mkdtemp(prefix="curmem-out-"))
