@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from schemas.recipes import SampleMix
 from tasks import store
 
@@ -38,13 +40,14 @@ def select_images(mix: SampleMix, image_ids: Sequence[int]) -> dict[str, list[in
     return chosen
 
 
-def plan_images(db: str | Path | None, image_ids: Sequence[int] | None, limit_images: int | None) -> list[int]:
-    """The images a plan covers: every image by id, or those of `image_ids`, then the first `limit_images`."""
+def plan_images(db: str | Path | None, image_ids: Sequence[int] | None, limit_images: int | None) -> np.ndarray:
+    """The images a plan covers: every image by id, or those of `image_ids`, then the first `limit_images`.
+
+    One int64 array, 8 B an image (as a list of fetched rows, 1.58M images took ~150 MB)."""
     with store.read(db) as con:
-        ids = [r[0] for r in con.execute("SELECT image_id FROM images ORDER BY image_id").fetchall()]
+        ids = con.execute("SELECT image_id FROM images ORDER BY image_id").fetchnumpy()["image_id"]
     if image_ids is not None:
-        wanted = set(map(int, image_ids))
-        ids = [i for i in ids if i in wanted]
+        ids = ids[np.isin(ids, np.fromiter(map(int, image_ids), dtype=np.int64))]
     return ids if limit_images is None else ids[:limit_images]
 
 

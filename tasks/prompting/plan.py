@@ -173,6 +173,7 @@ def plan_requests(
     prompt set folder (default: vistune's own); its content hash is each request's `prompt_version`.
     `mix` gives each type only its share of the images (`tasks/prompting/mix.py` draws them, then plans each type).
     """
+    from tasks.prompting.mix import plan_images
     from tasks.prompting.prompts import ImageUnavailable, build_messages, load_contexts
     from tasks.prompting.tokens import messages_tokens
 
@@ -192,12 +193,7 @@ def plan_requests(
     db = store.resolve_db(db_path)
     if not dry_run:
         store.ensure_schema(db)
-    with store.read(db) as con:  # as one int64 array: 8 B an image, where a list of rows took ~100 B
-        ids = con.execute("SELECT image_id FROM images ORDER BY image_id").fetchnumpy()["image_id"]
-        if image_ids is not None:
-            ids = ids[np.isin(ids, np.fromiter(map(int, image_ids), dtype=np.int64))]
-        if limit_images is not None:
-            ids = ids[:limit_images]
+    ids = plan_images(db, image_ids, limit_images)
     result = PlanResult(images=len(ids))
     pending: list[RequestIds] = []  # each step's, joined at the end
     params = {t: request_params(t, output_format, temperature=temperature, max_tokens=max_tokens) for t in types}
